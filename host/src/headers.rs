@@ -1,0 +1,199 @@
+//! Header rewriting between client and backend: hop-by-hop headers out,
+//! `X-Forwarded-*` in, and the client address as the proxy believes it.
+//!
+//! Incoming `X-Forwarded-*` headers are believed only from peers listed in
+//! `server.trusted-proxies`; from anyone else they are replaced, so a client
+//! cannot pose as another address.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `ip` is one of the trusted proxies.
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the right-most address in `X-Forwarded-For` that is not itself a
+/// trusted proxy.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(trusted, ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Removes hop-by-hop headers: those named in `Connection` and the standard
+/// ones (RFC 9110 §7.6.1, plus `Proxy-Connection` and the proxy auth
+/// headers meant for this hop). `TE: trailers` is kept.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` on a request going to a
+/// backend. `peer` is the TCP peer; `host` the `Host` the client asked for.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, https: bool) {
+    let peer_text = peer.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if trusted_peer => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + peer_text.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer_text.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => None,
+    };
+    let xff = xff.unwrap_or_else(|| {
+        HeaderValue::from_str(&peer_text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    });
+    // A repeated header from a trusted peer has been folded into `prev`
+    // only if it was a single line; keep it simple and authoritative.
+    headers.insert(&X_FORWARDED_FOR, xff);
+
+    if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+    }
+    if !(trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_spoof_x_forwarded_for() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("host", "a.example"),
+        ]);
+        set_forwarded(&mut h, ip("127.0.0.1"), false, false);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(
+            client_ip(
+                &map(&[("x-forwarded-for", "6.6.6.6")]),
+                ip("127.0.0.1"),
+                &[]
+            ),
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_has_its_chain_appended_and_believed() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let incoming = map(&[
+            ("x-forwarded-for", "203.0.113.9, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(
+            client_ip(&incoming, ip("10.0.0.2"), &trusted),
+            ip("203.0.113.9")
+        );
+        let mut h = incoming.clone();
+        set_forwarded(&mut h, ip("10.0.0.2"), true, false);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_connection_tokens() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+        let mut h = map(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.contains_key("te"));
+    }
+}

@@ -1,0 +1,173 @@
+//! The `switchyard` command line: run, check, demo, policies.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard::app::{self, App};
+use switchyard::config::Config;
+use switchyard::demo;
+use switchyard::policy::builtin;
+
+/// A load-balancing reverse proxy whose backend choice is a WebAssembly
+/// component.
+#[derive(Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `switchyard=debug` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        /// The TOML configuration.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Worker threads (default: one per CPU core).
+        #[arg(long, env = "SWITCHYARD_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Check a configuration file and load its policies, like `nginx -t`.
+    Check {
+        /// The TOML configuration.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start three demo backends and the proxy in front of them.
+    Demo {
+        /// Built-in policy name or path to a .wasm component.
+        #[arg(long, default_value = "round-robin")]
+        policy: String,
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// List the built-in policies, or write them out as plugin files.
+    Policies {
+        /// Write each built-in policy to DIR/NAME.wasm.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all()
+        .thread_name("switchyard-worker")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, workers } => {
+            let app = App::new()?;
+            let runtime = app.load(&config)?;
+            tokio_runtime(workers)?.block_on(app::serve(runtime))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(&config),
+        Command::Demo { policy, listen } => {
+            let app = App::new()?;
+            tokio_runtime(None)?.block_on(async move {
+                let mut backends = Vec::new();
+                for i in 1..=3 {
+                    let name = format!("backend-{i}");
+                    let addr = demo::start_backend(&name).await?;
+                    backends.push((name, addr));
+                }
+                let text = demo::config_text(listen, &policy, &backends);
+                let config = Config::parse(&demo::config_path(), &text)?;
+                let runtime = app.build(config)?;
+                for (name, addr) in &backends {
+                    tracing::info!("demo backend {name} on http://{addr}");
+                }
+                tracing::info!("demo: try `curl http://{listen}/` a few times (policy: {policy})");
+                app::serve(runtime).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policies { export } => {
+            match export {
+                None => {
+                    for b in builtin::ALL {
+                        println!("{:<16} {}", b.name, b.summary);
+                    }
+                }
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    for b in builtin::ALL {
+                        let path = dir.join(format!("{}.wasm", b.name));
+                        std::fs::write(&path, b.wasm)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        println!("{}", path.display());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: configuration is invalid", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let app = App::new()?;
+    match switchyard::runtime::Runtime::build(config, &app.engine, &app.registry) {
+        Ok(rt) => {
+            for up in &rt.upstreams {
+                println!(
+                    "upstream {}: policy {}, {} backend(s)",
+                    up.name,
+                    up.policy.name(),
+                    up.backends.len()
+                );
+            }
+            println!("{}: configuration is valid", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: configuration is invalid", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Write a Switchyard load-balancing policy in Rust.
+//!
+//! A policy is a WebAssembly component that the proxy calls once per request
+//! to choose a backend (see `wit/` at the top of the repository for the
+//! contract). This crate hides the generated bindings: implement [`Policy`]
+//! for a type and name it in [`export_policy!`].
+//!
+//! ```ignore
+//! use switchyard_policy_sdk::{export_policy, Backend, BackendState, Config, Decision, Policy, Request};
+//!
+//! struct First;
+//!
+//! impl Policy for First {
+//!     fn configure(config: &Config, _backends: &[Backend]) -> Result<Self, String> {
+//!         config.expect_keys(&[])?;
+//!         Ok(First)
+//!     }
+//!     fn select(&mut self, _req: &Request, backends: &[BackendState]) -> Result<Decision, String> {
+//!         switchyard_policy_sdk::first_healthy(backends)
+//!             .map(Decision::to)
+//!             .ok_or_else(|| "no healthy backend".to_string())
+//!     }
+//! }
+//!
+//! export_policy!(First);
+//! ```
+//!
+//! Build it for `wasm32-unknown-unknown` and turn the core module into a
+//! component (`wasm-tools component new`, or the `wit-component` crate); the
+//! result imports nothing but the proxy's own interfaces.
+
+// The generated bindings name this crate by its public path.
+extern crate self as switchyard_policy_sdk;
+
+mod config;
+mod sticky;
+mod weighted;
+
+pub use config::Config;
+pub use sticky::{CookieRouter, cookie_token};
+pub use weighted::{WeightedSchedule, smooth_weighted_sequence};
+
+/// Generated bindings for the `switchyard:policy` world.
+///
+/// Most policies need only the re-exports at the crate root.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        default_bindings_module: "switchyard_policy_sdk::bindings",
+        runtime_path: "switchyard_policy_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+}
+
+pub use bindings::switchyard::policy::host::{
+    Counter, LogLevel, kv_delete, kv_get, kv_set, log, now_ns, random_u64,
+};
+pub use bindings::switchyard::policy::types::{
+    Backend, BackendState, Decision, Request, SameSite, SetCookie,
+};
+
+/// A load-balancing policy: the one trait a policy author implements.
+///
+/// The proxy creates an instance per worker thread (and replaces instances
+/// at will), calls [`Policy::configure`] once per instance, then
+/// [`Policy::select`] once per request. State that must be shared between
+/// instances or survive a hot swap belongs in a [`Counter`] or the key-value
+/// store ([`kv_get`], [`kv_set`]), not in `self`.
+pub trait Policy: Sized + 'static {
+    /// Checks the upstream's `policy-config` and builds the policy.
+    ///
+    /// `backends` is the upstream group in configuration order; `select`
+    /// answers with indices into it. An `Err` refuses the configuration and
+    /// its message is shown to the operator as is.
+    fn configure(config: &Config, backends: &[Backend]) -> Result<Self, String>;
+
+    /// Chooses a backend for `req`. `backends[i]` is the live state of the
+    /// `i`-th configured backend; at least one is healthy. An `Err` makes the
+    /// proxy use its fallback for this request.
+    fn select(&mut self, req: &Request, backends: &[BackendState]) -> Result<Decision, String>;
+}
+
+impl Decision {
+    /// A decision for backend `index` with no response effects.
+    pub fn to(index: usize) -> Self {
+        Decision {
+            backend: index as u32,
+            set_cookie: None,
+        }
+    }
+}
+
+/// Index of the `n`-th healthy backend, counting modulo the number of
+/// healthy ones: round-robin over healthy backends when `n` is a shared
+/// counter. `None` when none is healthy.
+pub fn nth_healthy(backends: &[BackendState], n: u64) -> Option<usize> {
+    let healthy = backends.iter().filter(|b| b.healthy).count() as u64;
+    if healthy == 0 {
+        return None;
+    }
+    let k = (n % healthy) as usize;
+    backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.healthy)
+        .nth(k)
+        .map(|(i, _)| i)
+}
+
+/// Index of the first healthy backend, if any.
+pub fn first_healthy(backends: &[BackendState]) -> Option<usize> {
+    backends.iter().position(|b| b.healthy)
+}
+
+/// Bit mask of healthy backends (bit `i` for backend `i`), or `None` when the
+/// group has more than 64 backends.
+pub fn healthy_mask(backends: &[BackendState]) -> Option<u64> {
+    if backends.len() > 64 {
+        return None;
+    }
+    Some(
+        backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.healthy)
+            .fold(0u64, |m, (i, _)| m | (1 << i)),
+    )
+}
+
+/// Makes a type that implements [`Policy`] the component's exported policy.
+///
+/// Use it once per crate, at the top level: `export_policy!(MyPolicy);`.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[doc(hidden)]
+        struct __SwitchyardPolicyExport;
+
+        ::std::thread_local! {
+            static __SWITCHYARD_POLICY: ::std::cell::RefCell<::std::option::Option<$policy>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        impl $crate::bindings::exports::switchyard::policy::selector::Guest
+            for __SwitchyardPolicyExport
+        {
+            fn configure(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                backends: ::std::vec::Vec<$crate::Backend>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                let config = $crate::Config::new(config);
+                let policy = <$policy as $crate::Policy>::configure(&config, &backends)?;
+                __SWITCHYARD_POLICY.with(|slot| *slot.borrow_mut() = Some(policy));
+                Ok(())
+            }
+
+            fn select(
+                req: &$crate::Request,
+                backends: ::std::vec::Vec<$crate::BackendState>,
+            ) -> ::std::result::Result<$crate::Decision, ::std::string::String> {
+                __SWITCHYARD_POLICY.with(|slot| match slot.borrow_mut().as_mut() {
+                    Some(policy) => $crate::Policy::select(policy, req, &backends),
+                    None => Err("select called before configure".to_string()),
+                })
+            }
+        }
+
+        $crate::bindings::export!(__SwitchyardPolicyExport);
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn states(healthy: &[bool]) -> Vec<BackendState> {
+        healthy
+            .iter()
+            .map(|&healthy| BackendState {
+                healthy,
+                in_flight: 0,
+                latency_ewma_us: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nth_healthy_cycles_over_healthy_backends_only() {
+        let s = states(&[true, false, true, true]);
+        let picks: Vec<_> = (0..6).map(|n| nth_healthy(&s, n).unwrap()).collect();
+        assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
+    }
+
+    #[test]
+    fn nth_healthy_is_none_when_nothing_is_healthy() {
+        assert_eq!(nth_healthy(&states(&[false, false]), 7), None);
+        assert_eq!(nth_healthy(&[], 0), None);
+    }
+
+    #[test]
+    fn healthy_mask_sets_one_bit_per_healthy_backend() {
+        assert_eq!(healthy_mask(&states(&[true, false, true])), Some(0b101));
+        assert_eq!(healthy_mask(&states(&[true; 65])), None);
+    }
+}
