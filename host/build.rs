@@ -51,7 +51,15 @@ fn run() -> Result<(), String> {
         // tests natively); only here are they linked as wasm cdylibs.
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&root)
-            .args(["rustc", "--quiet", "--lib", "--crate-type", "cdylib", "-p", krate])
+            .args([
+                "rustc",
+                "--quiet",
+                "--lib",
+                "--crate-type",
+                "cdylib",
+                "-p",
+                krate,
+            ])
             .args(["--target", "wasm32-unknown-unknown", "--profile", "plugin"])
             .arg("--target-dir")
             .arg(&target_dir);

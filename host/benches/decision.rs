@@ -1,1 +1,116 @@
-fn main() {}
+//! What one policy decision costs: lending the request to the guest,
+//! copying the backend states in, the guest's own work (including the
+//! request-resource reads it makes), and checking the answer.
+//!
+//! `cargo bench -p switchyard --bench decision`
+//!
+//! Groups: the three built-in policies and the native round-robin, each for
+//! 3 and 16 backends. `sticky-session` is measured with a valid cookie (one
+//! `cookie()` read and a lookup) and without one (a weighted pick and a
+//! `Set-Cookie`).
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use switchyard::config::{BackendConfig, PolicySource};
+use switchyard::policy::{
+    BackendState, Policy, PolicyEngine, RequestView, RoundRobin, SharedState, WasmPolicy,
+};
+
+fn backends(n: usize) -> Vec<BackendConfig> {
+    (0..n)
+        .map(|i| BackendConfig {
+            name: format!("backend-{i}"),
+            address: format!("127.0.0.1:{}", 9000 + i),
+            socket_addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            weight: 1 + (i as u32 % 3),
+        })
+        .collect()
+}
+
+fn states(n: usize) -> Vec<BackendState> {
+    (0..n)
+        .map(|i| BackendState {
+            healthy: true,
+            in_flight: i as u32,
+            latency_ewma_us: 250,
+        })
+        .collect()
+}
+
+fn request(cookie: Option<&str>) -> RequestView {
+    let mut b = http::Request::builder()
+        .method("GET")
+        .uri("/api/users?page=2")
+        .header("host", "shop.example")
+        .header("user-agent", "bench/1.0")
+        .header("accept", "*/*");
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    RequestView {
+        parts: b.body(()).unwrap().into_parts().0,
+        client_ip: IpAddr::from([203, 0, 113, 7]),
+        https: false,
+    }
+}
+
+fn load(engine: &PolicyEngine, name: &str, n: usize) -> WasmPolicy {
+    let compiled = engine
+        .compile(&PolicySource::Builtin(name.to_string()))
+        .expect("built-in compiles");
+    WasmPolicy::load(
+        compiled,
+        "bench",
+        &[],
+        &backends(n),
+        Arc::new(SharedState::default()),
+    )
+    .expect("built-in loads")
+}
+
+fn decision(c: &mut Criterion) {
+    let engine = PolicyEngine::new().expect("engine");
+    let mut group = c.benchmark_group("decision");
+    for n in [3usize, 16] {
+        let st = states(n);
+        for name in ["round-robin", "weighted"] {
+            let policy = load(&engine, name, n);
+            let mut req = request(None);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| black_box(policy.select(&mut req, black_box(&st)).unwrap()))
+            });
+        }
+
+        let sticky = load(&engine, "sticky-session", n);
+        let mut fresh = request(None);
+        let first = sticky.select(&mut fresh, &st).unwrap();
+        let cookie = first.set_cookie.unwrap();
+        let pair = cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut returning = request(Some(&format!("theme=dark; {pair}")));
+        group.bench_with_input(BenchmarkId::new("sticky-session/cookie", n), &n, |b, _| {
+            b.iter(|| black_box(sticky.select(&mut returning, black_box(&st)).unwrap()))
+        });
+        group.bench_with_input(BenchmarkId::new("sticky-session/new", n), &n, |b, _| {
+            b.iter(|| black_box(sticky.select(&mut fresh, black_box(&st)).unwrap()))
+        });
+
+        let native = RoundRobin::default();
+        let mut req = request(None);
+        group.bench_with_input(BenchmarkId::new("native-round-robin", n), &n, |b, _| {
+            b.iter(|| black_box(native.select(&mut req, black_box(&st)).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);

@@ -3,7 +3,8 @@
 //! The position is a host counter shared by every instance and kept across
 //! hot swaps, so 30 requests over 3 backends split exactly 10/10/10 however
 //! many threads serve them. Weights are ignored (use `weighted` for those).
-//! Takes no `policy-config` keys.
+//! Takes no `policy-config` keys; any it is given are logged as unused
+//! (so one table can serve a group whose policy is switched back and forth).
 
 use switchyard_policy_sdk::{
     Backend, BackendState, Config, Counter, Decision, Policy, Request, export_policy, nth_healthy,
@@ -16,7 +17,7 @@ pub struct RoundRobin {
 
 impl Policy for RoundRobin {
     fn configure(config: &Config, _backends: &[Backend]) -> Result<Self, String> {
-        config.expect_keys(&[])?;
+        config.warn_unknown_keys("round-robin", &[]);
         Ok(RoundRobin {
             position: Counter::new("round-robin"),
         })

@@ -63,6 +63,22 @@ impl Config {
         }
     }
 
+    /// Logs a warning (through the proxy's log) for each key not in
+    /// `known`, for policies that take no or few keys and may share a
+    /// `policy-config` table written for another policy.
+    pub fn warn_unknown_keys(&self, policy: &str, known: &[&str]) {
+        for (key, _) in self
+            .entries
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()))
+        {
+            crate::log(
+                crate::LogLevel::Warn,
+                &format!("policy-config.{key} is not used by {policy}"),
+            );
+        }
+    }
+
     /// All entries, in the order the proxy gave them (sorted by key).
     pub fn entries(&self) -> &[(String, String)] {
         &self.entries

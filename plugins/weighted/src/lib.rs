@@ -4,7 +4,8 @@
 //! 5, 1, 1 give `a a b a c a a`, repeated; unhealthy backends drop out and the
 //! others keep their ratio. The sequence position is a host counter shared by
 //! every instance and kept across hot swaps, so the split stays exact under
-//! concurrency. Takes no `policy-config` keys.
+//! concurrency. Takes no `policy-config` keys; any it is given are logged
+//! as unused (so one table can serve a group whose policy is switched).
 
 use switchyard_policy_sdk::{
     Backend, BackendState, Config, Counter, Decision, Policy, Request, WeightedSchedule,
@@ -19,7 +20,7 @@ pub struct Weighted {
 
 impl Policy for Weighted {
     fn configure(config: &Config, backends: &[Backend]) -> Result<Self, String> {
-        config.expect_keys(&[])?;
+        config.warn_unknown_keys("weighted", &[]);
         Ok(Weighted {
             position: Counter::new("weighted"),
             schedule: WeightedSchedule::new(backends.iter().map(|b| b.weight).collect()),
