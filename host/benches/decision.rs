@@ -4,30 +4,46 @@
 //!
 //! `cargo bench -p switchyard --bench decision`
 //!
-//! Groups: the three built-in policies and the native round-robin, each for
-//! 3 and 16 backends. `sticky-session` is measured with a valid cookie (one
-//! `cookie()` read and a lookup) and without one (a weighted pick and a
-//! `Set-Cookie`).
+//! Groups:
+//! - `decision`: the three built-in policies and the native round-robin,
+//!   each for 3 and 16 backends, as the proxy runs them (deadline armed,
+//!   memory limiter on). `sticky-session` is measured with a valid cookie
+//!   (one `cookie()` read and a lookup) and without one (a weighted pick and
+//!   a `Set-Cookie`).
+//! - `deadline`: the same decision with the epoch-deadline machinery on and
+//!   off (an engine built without epoch interruption), to show its cost.
 
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard::config::{BackendConfig, PolicySource};
+use switchyard::config::{Config, PolicySource, UpstreamConfig};
 use switchyard::policy::{
-    BackendState, Policy, PolicyEngine, RequestView, RoundRobin, SharedState, WasmPolicy,
+    BackendState, EngineOptions, Policy, PolicyEngine, RequestView, RoundRobin, SharedState,
+    WasmPolicy,
 };
 
-fn backends(n: usize) -> Vec<BackendConfig> {
-    (0..n)
-        .map(|i| BackendConfig {
-            name: format!("backend-{i}"),
-            address: format!("127.0.0.1:{}", 9000 + i),
-            socket_addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-            weight: 1 + (i as u32 % 3),
+/// An upstream of `n` backends with weights 1, 2, 3, 1, 2, 3...
+fn upstream(policy: &str, n: usize) -> UpstreamConfig {
+    let backends: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{ name = \"backend-{i}\", address = \"127.0.0.1:{}\", weight = {} }}",
+                9000 + i,
+                1 + i % 3
+            )
         })
-        .collect()
+        .collect();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.bench]\npolicy = \"{policy}\"\nbackends = [{}]\n",
+        backends.join(", ")
+    );
+    Config::parse(Path::new("bench.toml"), &text)
+        .expect("bench config")
+        .upstreams
+        .remove(0)
 }
 
 fn states(n: usize) -> Vec<BackendState> {
@@ -62,11 +78,11 @@ fn load(engine: &PolicyEngine, name: &str, n: usize) -> WasmPolicy {
         .compile(&PolicySource::Builtin(name.to_string()))
         .expect("built-in compiles");
     WasmPolicy::load(
+        engine,
         compiled,
-        "bench",
-        &[],
-        &backends(n),
+        &upstream(name, n),
         Arc::new(SharedState::default()),
+        &states(n),
     )
     .expect("built-in loads")
 }
@@ -112,5 +128,21 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision);
+fn deadline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deadline");
+    for (label, deadlines) in [("on", true), ("off", false)] {
+        let engine = PolicyEngine::with_options(EngineOptions { deadlines }).expect("engine");
+        for name in ["round-robin", "weighted"] {
+            let policy = load(&engine, name, 3);
+            let st = states(3);
+            let mut req = request(None);
+            group.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter(|| black_box(policy.select(&mut req, black_box(&st)).unwrap()))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision, deadline);
 criterion_main!(benches);

@@ -1,23 +1,29 @@
-//! Starting and stopping the proxy: load a config, build its runtime, bind
-//! the listeners, serve until SIGTERM or SIGINT, drain.
+//! Starting and stopping the proxy: the process-wide services, loading a
+//! config into a runtime, serving it until SIGTERM or SIGINT, draining.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, StateRegistry};
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
-use crate::server;
+use crate::upstream::BackendRegistry;
 
-/// The process-wide pieces that outlive any one config.
+/// [`App`] holds what outlives any one config: the Wasm engine (and its
+/// compile cache), policy state and backend state by name or address, and
+/// the metrics.
 pub struct App {
-    /// Compiles policies.
+    /// Compiles and runs policies.
     pub engine: PolicyEngine,
-    /// Policy state by upstream name.
-    pub registry: StateRegistry,
+    /// Policy counters and key-value stores, by upstream name.
+    pub states: StateRegistry,
+    /// Backend statistics and connection pools, by address.
+    pub backends: BackendRegistry,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -27,13 +33,16 @@ impl App {
             .map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
         Ok(App {
             engine,
-            registry: StateRegistry::default(),
+            states: StateRegistry::default(),
+            backends: BackendRegistry::default(),
+            metrics: Metrics::new(),
         })
     }
 
-    /// Builds a runtime from a checked config, or every reason it cannot be.
+    /// Builds the first runtime from a checked config, or says every reason
+    /// it cannot be, one per line.
     pub fn build(&self, config: Config) -> anyhow::Result<Runtime> {
-        Runtime::build(config, &self.engine, &self.registry).map_err(|errors| {
+        Runtime::build(config, self, 1).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!(lines.join("\n"))
         })
@@ -46,24 +55,21 @@ impl App {
     }
 }
 
-/// Serves `runtime` until SIGTERM or SIGINT, then drains.
-pub async fn serve(runtime: Runtime) -> anyhow::Result<()> {
-    let listeners = server::bind(&runtime.config.listeners).await?;
-    for (l, addr) in listeners.iter().zip(&runtime.config.listeners) {
-        let local = l.local_addr().with_context(|| format!("listener {addr}"))?;
-        tracing::info!("listening on http://{local}");
-    }
+/// Serves `runtime` until SIGTERM or SIGINT, reloading on SIGHUP, on
+/// `POST /reload` and (if `watch`) when the config or a policy file
+/// changes; then drains.
+pub async fn serve(app: Arc<App>, runtime: Runtime, watch: bool) -> anyhow::Result<()> {
     for up in &runtime.upstreams {
         tracing::info!(
             upstream = %up.name,
-            policy = %up.policy.name(),
+            policy = %up.policy().name(),
             backends = up.backends.len(),
             "upstream ready"
         );
     }
-    let grace = runtime.config.shutdown_grace;
-    let proxy = Proxy::new(runtime);
-    server::serve(Arc::clone(&proxy), listeners, shutdown_signal(), grace).await;
+    let proxy = Proxy::new(runtime, app.metrics.unrouted.clone());
+    let reloader = Reloader::start(app, proxy, watch).await?;
+    reloader.run(shutdown_signal()).await;
     Ok(())
 }
 

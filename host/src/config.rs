@@ -33,6 +33,12 @@ pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE: usize = 64;
 /// How long in-flight requests may run after SIGTERM before the process exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long one policy decision may run before it is interrupted.
+pub const DEFAULT_POLICY_TIMEOUT: Duration = Duration::from_millis(1);
+/// Linear memory one policy instance may use.
+pub const DEFAULT_POLICY_MEMORY: u64 = 4 * 1024 * 1024;
+/// Consecutive failures after which a policy is reported unhealthy.
+pub const DEFAULT_POLICY_MAX_FAILURES: u32 = 5;
 
 /// A configuration error, located in its file.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +132,7 @@ impl Locator<'_> {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     server: FileServer,
+    admin: Option<FileAdmin>,
     #[serde(default)]
     upstreams: BTreeMap<String, Spanned<FileUpstream>>,
     #[serde(default)]
@@ -139,6 +146,15 @@ struct FileServer {
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    watch: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileAdmin {
+    listen: Spanned<String>,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +169,9 @@ struct FileUpstream {
     keepalive: Option<Spanned<usize>>,
     max_fails: Option<Spanned<u32>>,
     fail_timeout: Option<Spanned<String>>,
+    policy_timeout: Option<Spanned<String>>,
+    policy_memory: Option<Spanned<String>>,
+    policy_max_failures: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +232,10 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Reload when the config file or a policy file changes.
+    pub watch: bool,
+    /// The admin API's address, if enabled.
+    pub admin: Option<SocketAddr>,
     /// Upstream groups, by name order.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, most specific first.
@@ -262,6 +285,29 @@ pub struct UpstreamConfig {
     pub max_fails: u32,
     /// How long a backend stays down after `max_fails` failures.
     pub fail_timeout: Duration,
+    /// The policy's sandbox.
+    pub sandbox: SandboxConfig,
+}
+
+/// Limits on a policy's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Longest a decision may run (epoch deadline).
+    pub timeout: Duration,
+    /// Most linear memory one instance may have, in bytes.
+    pub memory: u64,
+    /// Consecutive failures that mark the policy unhealthy.
+    pub max_failures: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            timeout: DEFAULT_POLICY_TIMEOUT,
+            memory: DEFAULT_POLICY_MEMORY,
+            max_failures: DEFAULT_POLICY_MAX_FAILURES,
+        }
+    }
 }
 
 /// One backend of an upstream group.
@@ -359,7 +405,8 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
                 format!("server.listen: {addr:?} is not an IP address and port such as \"127.0.0.1:8080\""),
             )
         })?;
-        if listeners.contains(&parsed) {
+        // Port 0 (any free port) may appear more than once.
+        if parsed.port() != 0 && listeners.contains(&parsed) {
             return Err(loc.error(
                 &raw.server.listen,
                 format!("server.listen: {addr} is listed twice"),
@@ -391,8 +438,33 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
         &raw.server.shutdown_grace,
         DEFAULT_SHUTDOWN_GRACE,
     )?;
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => {
+            let addr: SocketAddr = a.listen.get_ref().parse().map_err(|_| {
+                loc.error(&a.listen, format!("admin.listen: {:?} is not an IP address and port such as \"127.0.0.1:9901\"", a.listen.get_ref()))
+            })?;
+            if !addr.ip().is_loopback() && !a.allow_remote {
+                return Err(loc.error(
+                    &a.listen,
+                    format!("admin.listen: {addr} is not a loopback address; the admin API can reload the proxy, so set allow-remote = true if you really mean it"),
+                ));
+            }
+            if addr.port() != 0 && listeners.contains(&addr) {
+                return Err(loc.error(
+                    &a.listen,
+                    format!("admin.listen: {addr} is also a proxy listener"),
+                ));
+            }
+            Some(addr)
+        }
+    };
 
-    let base = loc.file.parent().unwrap_or(Path::new("."));
+    // Absolute, so that policy paths (relative to the config's directory)
+    // stay right whatever the working directory does later, and file-watch
+    // events can be matched against them. Errors keep the path as given.
+    let absolute = std::path::absolute(loc.file).unwrap_or_else(|_| loc.file.to_path_buf());
+    let base = absolute.parent().unwrap_or(Path::new("/"));
     let mut upstreams = Vec::new();
     for (name, up) in &raw.upstreams {
         upstreams.push(build_upstream(loc, base, name, up)?);
@@ -464,10 +536,12 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
     });
 
     Ok(Config {
-        file: loc.file.to_path_buf(),
+        file: absolute.clone(),
         listeners,
         trusted_proxies,
         shutdown_grace,
+        watch: raw.server.watch.unwrap_or(true),
+        admin,
         upstreams,
         routes,
     })
@@ -598,6 +672,57 @@ fn build_upstream(
             &up.fail_timeout,
             DEFAULT_FAIL_TIMEOUT,
         )?,
+        sandbox: SandboxConfig {
+            timeout: {
+                let t = duration(
+                    loc,
+                    &format!("{key}.policy-timeout"),
+                    &up.policy_timeout,
+                    DEFAULT_POLICY_TIMEOUT,
+                )?;
+                if t.is_zero() || t > Duration::from_secs(10) {
+                    let at = up
+                        .policy_timeout
+                        .as_ref()
+                        .map(|s| s.span())
+                        .unwrap_or_default();
+                    return Err(loc.origin(at).error(format!(
+                        "{key}.policy-timeout: must be above 0 and at most 10s"
+                    )));
+                }
+                t
+            },
+            memory: match &up.policy_memory {
+                None => DEFAULT_POLICY_MEMORY,
+                Some(m) => {
+                    let bytes = m
+                        .get_ref()
+                        .trim()
+                        .parse::<bytesize::ByteSize>()
+                        .map_err(|e| {
+                            loc.error(
+                                m,
+                                format!(
+                                    "{key}.policy-memory: {:?} is not a size like \"4MiB\" ({e})",
+                                    m.get_ref()
+                                ),
+                            )
+                        })?;
+                    if bytes.as_u64() < 64 * 1024 {
+                        return Err(loc.error(
+                            m,
+                            format!("{key}.policy-memory: at least 64KiB (one Wasm page)"),
+                        ));
+                    }
+                    bytes.as_u64()
+                }
+            },
+            max_failures: up
+                .policy_max_failures
+                .as_ref()
+                .map_or(DEFAULT_POLICY_MAX_FAILURES, |m| *m.get_ref())
+                .max(1),
+        },
     })
 }
 

@@ -14,18 +14,24 @@
 //!    streams both bodies and returns the connection when the response ends.
 //!
 //! [`config`] reads the TOML file, [`runtime`] turns it into upstreams with
-//! loaded policies, [`app`] starts and stops the whole, [`demo`] is the
-//! self-contained tutorial.
+//! loaded policies, [`reload`] replaces it (or one policy) while traffic
+//! flows, driven by signals, [`watch`] and [`admin`]; [`metrics`] counts;
+//! [`app`] starts and stops the whole, [`demo`] is the self-contained
+//! tutorial.
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod headers;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod upstream;
+pub mod watch;

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Command {
         /// Worker threads (default: one per CPU core).
         #[arg(long, env = "SWITCHYARD_WORKERS")]
         workers: Option<usize>,
+        /// Do not reload when the config or a policy file changes (SIGHUP
+        /// and POST /reload still do).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a configuration file and load its policies, like `nginx -t`.
     Check {
@@ -89,10 +94,14 @@ fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            no_watch,
+        } => {
             let app = App::new()?;
             let runtime = app.load(&config)?;
-            tokio_runtime(workers)?.block_on(app::serve(runtime))?;
+            tokio_runtime(workers)?.block_on(app::serve(Arc::new(app), runtime, !no_watch))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),
@@ -112,7 +121,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     tracing::info!("demo backend {name} on http://{addr}");
                 }
                 tracing::info!("demo: try `curl http://{listen}/` a few times (policy: {policy})");
-                app::serve(runtime).await
+                app::serve(Arc::new(app), runtime, false).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -149,13 +158,13 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let app = App::new()?;
-    match switchyard::runtime::Runtime::build(config, &app.engine, &app.registry) {
+    match switchyard::runtime::Runtime::build(config, &app, 1) {
         Ok(rt) => {
             for up in &rt.upstreams {
                 println!(
                     "upstream {}: policy {}, {} backend(s)",
                     up.name,
-                    up.policy.name(),
+                    up.policy().name(),
                     up.backends.len()
                 );
             }

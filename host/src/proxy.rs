@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, SET_COOKIE};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -27,6 +27,7 @@ use smallvec::SmallVec;
 
 use crate::body::{Completion, ProxyBody, RequestBody};
 use crate::headers::{client_ip, is_trusted, remove_hop_by_hop, set_forwarded};
+use crate::metrics::ByClass;
 use crate::policy::{RequestView, request_host};
 use crate::pool::{self, Sender};
 use crate::runtime::Runtime;
@@ -36,6 +37,7 @@ use crate::upstream::{Backend, InFlight, Upstream, now_ns};
 /// may replace at any time; a request keeps the one it started with.
 pub struct Proxy {
     runtime: ArcSwap<Runtime>,
+    unrouted: ByClass,
 }
 
 /// A short plain-text response written by the proxy itself.
@@ -65,10 +67,12 @@ enum Attempt {
 }
 
 impl Proxy {
-    /// A proxy serving `runtime`.
-    pub fn new(runtime: Runtime) -> Arc<Proxy> {
+    /// A proxy serving `runtime`; requests no route matches are counted
+    /// in `unrouted`.
+    pub fn new(runtime: Runtime, unrouted: ByClass) -> Arc<Proxy> {
         Arc::new(Proxy {
             runtime: ArcSwap::from_pointee(runtime),
+            unrouted,
         })
     }
 
@@ -77,9 +81,10 @@ impl Proxy {
         self.runtime.load_full()
     }
 
-    /// Replaces the runtime for new requests.
-    pub fn replace(&self, runtime: Runtime) {
-        self.runtime.store(Arc::new(runtime));
+    /// Replaces the runtime for new requests; requests in flight finish
+    /// with the one they started with.
+    pub fn replace_arc(&self, runtime: Arc<Runtime>) {
+        self.runtime.store(runtime);
     }
 
     /// Serves one request from a client at `peer`.
@@ -90,23 +95,39 @@ impl Proxy {
         https: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let runtime = self.runtime.load_full();
-        Ok(forward(&runtime, req, peer, https).await)
+        let (mut parts, body) = req.into_parts();
+        let Some(index) = runtime.router.find(request_host(&parts), parts.uri.path()) else {
+            self.unrouted.count(StatusCode::NOT_FOUND);
+            return Ok(error_response(
+                StatusCode::NOT_FOUND,
+                "no route for this host and path",
+            ));
+        };
+        let upstream = &runtime.upstreams[index];
+        let trusted = &runtime.config.trusted_proxies;
+        prepare(&mut parts, peer, trusted, https);
+        let view = RequestView {
+            client_ip: client_ip(&parts.headers, peer.ip(), trusted),
+            parts,
+            https,
+        };
+        let (resp, backend) = forward(upstream, view, RequestBody::Client(body)).await;
+        match backend {
+            Some(i) => upstream.backends[i].metrics.responses.count(resp.status()),
+            None => upstream.metrics.unanswered.count(resp.status()),
+        }
+        Ok(resp)
     }
 }
 
-async fn forward(
-    rt: &Runtime,
-    req: Request<Incoming>,
+/// Makes the client's request head fit to go to a backend: `Host` set,
+/// hop-by-hop headers out, `X-Forwarded-*` in, origin-form URI, HTTP/1.1.
+fn prepare(
+    parts: &mut http::request::Parts,
     peer: SocketAddr,
+    trusted: &[ipnet::IpNet],
     https: bool,
-) -> Response<ProxyBody> {
-    let (mut parts, body) = req.into_parts();
-    let Some(index) = rt.router.find(request_host(&parts), parts.uri.path()) else {
-        return error_response(StatusCode::NOT_FOUND, "no route for this host and path");
-    };
-    let upstream = &rt.upstreams[index];
-    let trusted = &rt.config.trusted_proxies;
-
+) {
     if !parts.headers.contains_key(HOST)
         && let Some(host) = parts
             .uri
@@ -115,8 +136,9 @@ async fn forward(
     {
         parts.headers.insert(HOST, host);
     }
-    let client = client_ip(&parts.headers, peer.ip(), trusted);
     remove_hop_by_hop(&mut parts.headers);
+    // The client's `Expect: 100-continue` was answered by this proxy.
+    parts.headers.remove(EXPECT);
     set_forwarded(
         &mut parts.headers,
         peer.ip(),
@@ -131,20 +153,26 @@ async fn forward(
             .unwrap_or_else(|| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
+}
 
-    let mut view = RequestView {
-        parts,
-        client_ip: client,
-        https,
-    };
-    let mut body = RequestBody::Client(body);
+/// Asks the policy and sends the request, failing over past backends that
+/// cannot be connected to. Returns the response and, if a backend gave it,
+/// which.
+async fn forward(
+    upstream: &Upstream,
+    mut view: RequestView,
+    mut body: RequestBody,
+) -> (Response<ProxyBody>, Option<usize>) {
+    // One policy generation for the whole request, even across a hot swap.
+    let policy = upstream.policy();
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_error = String::new();
-    while let Some(choice) = upstream.choose(&mut view, &tried) {
+    while let Some(choice) = upstream.choose(&**policy, &mut view, &tried) {
         let backend = &upstream.backends[choice.backend];
         match attempt(upstream, backend, view.parts, body).await {
             Attempt::Answered(resp, sender, in_flight) => {
-                return respond(resp, sender, in_flight, backend, choice.set_cookie);
+                let resp = respond(resp, sender, in_flight, backend, choice.set_cookie);
+                return (resp, Some(choice.backend));
             }
             Attempt::NotSent(p, b, why) => {
                 if backend.stats.record_failure(
@@ -163,12 +191,15 @@ async fn forward(
             }
             Attempt::Failed(status, why) => {
                 tracing::warn!(upstream = %upstream.name, backend = %backend.name, status = status.as_u16(), "{why}");
-                return error_response(status, &why);
+                return (error_response(status, &why), Some(choice.backend));
             }
         }
     }
     tracing::warn!(upstream = %upstream.name, "no backend could be reached: {last_error}");
-    error_response(StatusCode::BAD_GATEWAY, "no backend could be reached")
+    (
+        error_response(StatusCode::BAD_GATEWAY, "no backend could be reached"),
+        None,
+    )
 }
 
 /// Sends the request to one backend, on a pooled connection if one is

@@ -1,14 +1,16 @@
 //! A configuration brought to life: upstream groups with their policies
-//! loaded, and the router. Building one compiles and configures every
-//! policy, which is exactly what `switchyard check` verifies.
+//! loaded, and the router. Building one compiles, configures and dry-runs
+//! every policy, which is exactly what `switchyard check` verifies; a
+//! policy file that changes later is swapped into the running groups here.
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, PolicySource};
-use crate::policy::{Compiled, PolicyEngine, StateRegistry, WasmPolicy};
+use crate::app::App;
+use crate::config::{Config, ConfigError, PolicySource, UpstreamConfig};
+use crate::policy::{LoadError, WasmPolicy};
 use crate::router::Router;
-use crate::upstream::Upstream;
+use crate::upstream::{Backend, Upstream, states};
 
 /// [`Runtime`] is everything the request path needs from one config.
 pub struct Runtime {
@@ -18,47 +20,53 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Request → upstream index.
     pub router: Router,
+    /// 1 for the config loaded at start, +1 for each reload.
+    pub generation: u64,
+}
+
+/// The outcome of a policy file change for one upstream group.
+#[derive(Debug)]
+pub struct Swap {
+    /// The group.
+    pub upstream: String,
+    /// The new digest, or why the file was refused.
+    pub result: Result<String, LoadError>,
+}
+
+fn load_policy(
+    app: &App,
+    up: &UpstreamConfig,
+    backends: &[Backend],
+) -> Result<WasmPolicy, LoadError> {
+    let compiled = app.engine.compile(&up.policy)?;
+    WasmPolicy::load(
+        &app.engine,
+        compiled,
+        up,
+        app.states.get(&up.name),
+        &states(backends, &[]),
+    )
 }
 
 impl Runtime {
-    /// Loads every upstream's policy (compiling each distinct source once)
-    /// and builds the groups. Returns every problem found, each located at
-    /// the `policy = ...` line it concerns.
-    pub fn build(
-        config: Config,
-        engine: &PolicyEngine,
-        registry: &StateRegistry,
-    ) -> Result<Runtime, Vec<ConfigError>> {
-        let mut compiled: HashMap<PolicySource, Compiled> = HashMap::new();
+    /// Loads every upstream's policy and builds the groups. Returns every
+    /// problem found, each located at the `policy = ...` line it concerns.
+    pub fn build(config: Config, app: &App, generation: u64) -> Result<Runtime, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
         for up in &config.upstreams {
-            let at = |e: &dyn std::fmt::Display| {
-                up.policy_origin
-                    .error(format!("upstreams.{}.policy: {e}", up.name))
-            };
-            let component = match compiled.get(&up.policy) {
-                Some(c) => c.clone(),
-                None => match engine.compile(&up.policy) {
-                    Ok(c) => {
-                        compiled.insert(up.policy.clone(), c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        errors.push(at(&e));
-                        continue;
-                    }
-                },
-            };
-            match WasmPolicy::load(
-                component,
-                &up.name,
-                &up.policy_config,
-                &up.backends,
-                registry.get(&up.name),
-            ) {
-                Ok(policy) => upstreams.push(Arc::new(Upstream::new(up.clone(), Arc::new(policy)))),
-                Err(e) => errors.push(at(&e)),
+            let backends = app.backends.backends(up, &app.metrics);
+            match load_policy(app, up, &backends) {
+                Ok(policy) => upstreams.push(Arc::new(Upstream::new(
+                    up.clone(),
+                    backends,
+                    Box::new(policy),
+                    app.metrics.upstream(&up.name),
+                ))),
+                Err(e) => errors.push(
+                    up.policy_origin
+                        .error(format!("upstreams.{}.policy: {e}", up.name)),
+                ),
             }
         }
         if !errors.is_empty() {
@@ -68,6 +76,50 @@ impl Runtime {
             router: Router::new(config.routes.clone()),
             config,
             upstreams,
+            generation,
         })
+    }
+
+    /// Every policy file the config uses.
+    pub fn policy_files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = self
+            .config
+            .upstreams
+            .iter()
+            .filter_map(|u| match &u.policy {
+                PolicySource::File(p) => Some(p.as_path()),
+                PolicySource::Builtin(_) => None,
+            })
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// Reloads the policy file `path` into every group that uses it: each
+    /// gets the new policy only if it compiles, configures and passes its
+    /// dry run against the group's live backends; otherwise the old one
+    /// keeps serving. Blocking (compiles): call off the request path.
+    pub fn swap_policy_file(&self, app: &App, path: &Path) -> Vec<Swap> {
+        let mut out = Vec::new();
+        for up in &self.upstreams {
+            if !matches!(&up.config.policy, PolicySource::File(p) if p == path) {
+                continue;
+            }
+            let result = load_policy(app, &up.config, &up.backends).map(|policy| {
+                let digest = policy.compiled().digest.clone();
+                up.swap_policy(Box::new(policy));
+                digest
+            });
+            match &result {
+                Ok(_) => up.metrics.swaps.inc(),
+                Err(_) => up.metrics.failed_swaps.inc(),
+            };
+            out.push(Swap {
+                upstream: up.name.clone(),
+                result,
+            });
+        }
+        out
     }
 }

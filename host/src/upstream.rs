@@ -2,14 +2,17 @@
 //! passive health, and the choice of a backend for a request (the policy,
 //! checked, with the native fallback behind it).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
-use crate::config::{BackendConfig, UpstreamConfig};
+use crate::config::UpstreamConfig;
+use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
 use crate::policy::{BackendState, Policy, PolicyFailure, RequestView, RoundRobin};
 use crate::pool::Pool;
 
@@ -114,23 +117,82 @@ pub struct Backend {
     pub socket_addr: SocketAddr,
     /// Weight from the config.
     pub weight: u32,
-    /// Live numbers.
+    /// Live numbers, shared with any other group using the same address
+    /// and kept across reloads.
     pub stats: Arc<BackendStats>,
     /// Idle keep-alive connections.
     pub pool: Arc<Pool>,
+    /// Response counters.
+    pub metrics: BackendMetrics,
 }
 
-impl Backend {
-    fn new(config: &BackendConfig, upstream: &UpstreamConfig) -> Backend {
-        Backend {
-            name: config.name.clone(),
-            address: config.address.clone(),
-            socket_addr: config.socket_addr,
-            weight: config.weight,
-            stats: Arc::default(),
-            pool: Arc::new(Pool::new(upstream.keepalive, upstream.idle_timeout)),
+/// [`BackendRegistry`] keeps each backend address's statistics and
+/// connection pool across config reloads, as Caddy's host pool does: a
+/// backend marked down stays down, and warm connections stay warm, when the
+/// config around it changes.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    stats: Mutex<HashMap<SocketAddr, Arc<BackendStats>>>,
+    pools: Mutex<HashMap<(SocketAddr, usize, Duration), Arc<Pool>>>,
+}
+
+impl BackendRegistry {
+    /// The backends of `config`, with shared statistics and pools.
+    pub fn backends(&self, config: &UpstreamConfig, metrics: &Metrics) -> Vec<Backend> {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        config
+            .backends
+            .iter()
+            .map(|b| Backend {
+                name: b.name.clone(),
+                address: b.address.clone(),
+                socket_addr: b.socket_addr,
+                weight: b.weight,
+                stats: stats.entry(b.socket_addr).or_default().clone(),
+                pool: pools
+                    .entry((b.socket_addr, config.keepalive, config.idle_timeout))
+                    .or_insert_with(|| Arc::new(Pool::new(config.keepalive, config.idle_timeout)))
+                    .clone(),
+                metrics: metrics.backend(&config.name, &b.name),
+            })
+            .collect()
+    }
+
+    /// Forgets addresses no running config uses any more.
+    pub fn prune(&self) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| Arc::strong_count(s) > 1);
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, p| Arc::strong_count(p) > 1);
+    }
+}
+
+/// The live states a policy sees for a request that has already failed on
+/// the backends in `tried`. When no untried backend is healthy, all untried
+/// ones are offered ("panic mode", as nginx does when every server is marked
+/// failed). None is healthy only when everything has been tried.
+pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 8]> {
+    let now = now_ns();
+    let mut states: SmallVec<[BackendState; 8]> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BackendState {
+            healthy: !tried.contains(&i) && b.stats.healthy(now),
+            in_flight: b.stats.in_flight(),
+            latency_ewma_us: b.stats.latency_ewma_us(),
+        })
+        .collect();
+    if !states.iter().any(|s| s.healthy) {
+        for (i, s) in states.iter_mut().enumerate() {
+            s.healthy = !tried.contains(&i);
         }
     }
+    states
 }
 
 /// The backend chosen for a request.
@@ -144,15 +206,8 @@ pub struct Choice {
     pub fallback: Option<PolicyFailure>,
 }
 
-/// Per-upstream decision counters.
-#[derive(Debug, Default)]
-pub struct DecisionStats {
-    /// Decisions made by the policy.
-    pub decisions: AtomicU64,
-    /// Requests the fallback decided because the policy failed.
-    pub fallbacks: AtomicU64,
-    last_warning_ns: AtomicU64,
-}
+/// The policy currently serving a group; swapped whole on a hot swap.
+pub type PolicyRef = Arc<Box<dyn Policy>>;
 
 /// [`Upstream`] is a configured group: backends, settings and the policy.
 pub struct Upstream {
@@ -162,64 +217,66 @@ pub struct Upstream {
     pub backends: Vec<Backend>,
     /// Settings from the config.
     pub config: UpstreamConfig,
-    /// The selection policy.
-    pub policy: Arc<dyn Policy>,
     /// Counters.
-    pub stats: DecisionStats,
+    pub metrics: UpstreamMetrics,
+    policy: ArcSwap<Box<dyn Policy>>,
     fallback: RoundRobin,
+    last_warning_ns: AtomicU64,
 }
 
 impl Upstream {
-    /// A group from its config and a loaded policy.
-    pub fn new(config: UpstreamConfig, policy: Arc<dyn Policy>) -> Upstream {
+    /// A group from its config, its backends and a loaded policy.
+    pub fn new(
+        config: UpstreamConfig,
+        backends: Vec<Backend>,
+        policy: Box<dyn Policy>,
+        metrics: UpstreamMetrics,
+    ) -> Upstream {
         Upstream {
             name: config.name.clone(),
-            backends: config
-                .backends
-                .iter()
-                .map(|b| Backend::new(b, &config))
-                .collect(),
+            backends,
             config,
-            policy,
-            stats: DecisionStats::default(),
+            metrics,
+            policy: ArcSwap::from_pointee(policy),
             fallback: RoundRobin::default(),
+            last_warning_ns: AtomicU64::new(0),
         }
     }
 
-    /// The backend states a policy sees for a request that has already
-    /// failed on the backends in `tried`. When no untried backend is healthy,
-    /// all untried ones are offered ("panic mode", as nginx does when every
-    /// server is marked failed). Empty when everything has been tried.
-    pub fn states(&self, tried: &[usize]) -> SmallVec<[BackendState; 8]> {
-        let now = now_ns();
-        let mut states: SmallVec<[BackendState; 8]> = self
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| BackendState {
-                healthy: !tried.contains(&i) && b.stats.healthy(now),
-                in_flight: b.stats.in_flight(),
-                latency_ewma_us: b.stats.latency_ewma_us(),
-            })
-            .collect();
-        if !states.iter().any(|s| s.healthy) {
-            for (i, s) in states.iter_mut().enumerate() {
-                s.healthy = !tried.contains(&i);
-            }
-        }
-        states
+    /// The policy now in service. A request holds on to the one it started
+    /// with, so a swap never changes policy in the middle of a request.
+    pub fn policy(&self) -> PolicyRef {
+        self.policy.load_full()
     }
 
-    /// Chooses a backend for `req`, excluding `tried`. `None` when every
-    /// backend has been tried.
-    pub fn choose(&self, req: &mut RequestView, tried: &[usize]) -> Option<Choice> {
-        let states = self.states(tried);
+    /// Puts a new policy in service for requests that start from now on.
+    pub fn swap_policy(&self, policy: Box<dyn Policy>) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The states the policy would see now for a fresh request.
+    pub fn states(&self) -> SmallVec<[BackendState; 8]> {
+        states(&self.backends, &[])
+    }
+
+    /// Chooses a backend for `req` with `policy`, excluding `tried`. `None`
+    /// when every backend has been tried.
+    pub fn choose(
+        &self,
+        policy: &dyn Policy,
+        req: &mut RequestView,
+        tried: &[usize],
+    ) -> Option<Choice> {
+        let states = states(&self.backends, tried);
         if !states.iter().any(|s| s.healthy) {
             return None;
         }
-        match self.policy.select(req, &states) {
+        let started = Instant::now();
+        let result = policy.select(req, &states);
+        self.metrics.decision_seconds.observe(started.elapsed());
+        match result {
             Ok(d) => {
-                self.stats.decisions.fetch_add(1, Ordering::Relaxed);
+                self.metrics.decisions.inc();
                 Some(Choice {
                     backend: d.backend,
                     set_cookie: d.set_cookie,
@@ -227,8 +284,10 @@ impl Upstream {
                 })
             }
             Err(failure) => {
-                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                self.warn_rate_limited(&failure);
+                self.metrics.failure(&failure);
+                if failure != PolicyFailure::Skipped {
+                    self.warn_rate_limited(policy, &failure);
+                }
                 let backend = self.fallback.pick(&states)?;
                 Some(Choice {
                     backend,
@@ -240,14 +299,14 @@ impl Upstream {
     }
 
     /// Logs a policy failure at most once a second per upstream.
-    fn warn_rate_limited(&self, failure: &PolicyFailure) {
+    fn warn_rate_limited(&self, policy: &dyn Policy, failure: &PolicyFailure) {
         let now = now_ns();
-        let last = self.stats.last_warning_ns.load(Ordering::Relaxed);
+        let last = self.last_warning_ns.load(Ordering::Relaxed);
         if last == 0 || now.saturating_sub(last) >= 1_000_000_000 {
-            self.stats.last_warning_ns.store(now, Ordering::Relaxed);
+            self.last_warning_ns.store(now, Ordering::Relaxed);
             tracing::warn!(
                 upstream = %self.name,
-                policy = %self.policy.name(),
+                policy = %policy.name(),
                 kind = failure.kind(),
                 "policy failed, request sent by the fallback: {failure}"
             );

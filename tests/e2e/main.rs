@@ -2,9 +2,14 @@
 //! 127.0.0.1, real config and plugin files, real HTTP clients.
 
 mod common;
+mod fixtures;
 
+mod admin;
 mod balancing;
 mod check;
 mod demo;
 mod failures;
 mod forwarding;
+mod hot_swap;
+mod reload;
+mod sandbox;

@@ -10,6 +10,7 @@ use wasmtime::component::{Resource, ResourceTable};
 
 use super::RequestView;
 use super::bindings::{CounterRes, RequestRes, host, types};
+use super::sandbox::DeadlineWatch;
 use super::shared::{MAX_COUNTERS, SharedState};
 
 /// The data of one policy instance's store.
@@ -22,17 +23,56 @@ pub struct HostState {
     pub shared: Arc<SharedState>,
     /// `upstream/policy`, for log lines.
     pub label: Arc<str>,
+    /// Most linear memory (bytes) the instance may have.
+    pub memory_cap: u64,
+    /// Set when the instance tried to grow past `memory_cap`.
+    pub memory_exceeded: bool,
+    /// Deadline bookkeeping for the call in progress.
+    pub deadline: DeadlineWatch,
 }
 
 impl HostState {
     /// A fresh state for a new instance.
-    pub fn new(shared: Arc<SharedState>, label: Arc<str>) -> Self {
+    pub fn new(shared: Arc<SharedState>, label: Arc<str>, memory_cap: u64) -> Self {
         HostState {
             request: RequestView::placeholder(),
             table: ResourceTable::new(),
             shared,
             label,
+            memory_cap,
+            memory_exceeded: false,
+            deadline: DeadlineWatch::default(),
         }
+    }
+}
+
+/// Tables a policy may grow to (function references); generous, bounded.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_cap {
+            self.memory_exceeded = true;
+            wasmtime::bail!(
+                "the policy tried to grow its memory to {desired} bytes; its limit (policy-memory) is {} bytes",
+                self.memory_cap
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
 

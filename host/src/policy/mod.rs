@@ -12,14 +12,17 @@ pub mod builtin;
 mod engine;
 mod host_impl;
 mod plugin;
+mod sandbox;
 pub mod shared;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
-pub use engine::{Compiled, PolicyEngine};
+pub use engine::{Compiled, EngineOptions, PolicyEngine};
 pub use host_impl::{find_cookie, monotonic_ns, request_host};
-pub use plugin::WasmPolicy;
+pub use plugin::{PROBE_INTERVAL, WasmPolicy};
+pub use sandbox::TICK;
 pub use shared::{SharedState, StateRegistry};
 
 /// What a policy may look at in a request.
@@ -74,6 +77,12 @@ pub enum PolicyFailure {
     /// The policy trapped (panic, unreachable, out-of-bounds...).
     #[error("trapped: {0}")]
     Trap(String),
+    /// The policy ran past its deadline (`policy-timeout`).
+    #[error("ran past its deadline")]
+    Timeout,
+    /// The policy tried to use more memory than `policy-memory`.
+    #[error("ran out of memory: {0}")]
+    Memory(String),
     /// The policy returned an error result.
     #[error("returned an error: {0}")]
     Error(String),
@@ -82,13 +91,16 @@ pub enum PolicyFailure {
     OutOfRange(u32),
     /// The decision named a backend that is not healthy for this request.
     #[error("chose backend index {0}, which is not healthy")]
-    Unhealthy(u32),
+    UnhealthyChoice(u32),
     /// The decision's `set-cookie` is not a valid cookie.
     #[error("asked for an invalid cookie: {0}")]
     BadCookie(String),
     /// No instance could be created (e.g. `configure` failed on a fresh one).
     #[error("no instance: {0}")]
     Unavailable(String),
+    /// Not called: the policy is unhealthy and this request is not a probe.
+    #[error("skipped while unhealthy")]
+    Skipped,
 }
 
 impl PolicyFailure {
@@ -96,13 +108,56 @@ impl PolicyFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             PolicyFailure::Trap(_) => "trap",
+            PolicyFailure::Timeout => "timeout",
+            PolicyFailure::Memory(_) => "memory",
             PolicyFailure::Error(_) => "error",
             PolicyFailure::OutOfRange(_) => "out_of_range",
-            PolicyFailure::Unhealthy(_) => "unhealthy_choice",
+            PolicyFailure::UnhealthyChoice(_) => "unhealthy_choice",
             PolicyFailure::BadCookie(_) => "bad_cookie",
             PolicyFailure::Unavailable(_) => "unavailable",
+            PolicyFailure::Skipped => "skipped",
         }
     }
+
+    /// Every kind, in a fixed order (for metrics).
+    pub const KINDS: [&'static str; 9] = [
+        "trap",
+        "timeout",
+        "memory",
+        "error",
+        "out_of_range",
+        "unhealthy_choice",
+        "bad_cookie",
+        "unavailable",
+        "skipped",
+    ];
+
+    /// Index of this failure's kind in [`PolicyFailure::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        PolicyFailure::KINDS
+            .iter()
+            .position(|k| *k == self.kind())
+            .unwrap_or(0)
+    }
+}
+
+/// What `/status` shows about a loaded policy.
+#[derive(Debug, Clone)]
+pub struct PolicyStatus {
+    /// Built-in name or file path.
+    pub source: String,
+    /// Whether it came from a file.
+    pub file: bool,
+    /// SHA-256 of the component.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// When this version was put into service.
+    pub loaded_at: SystemTime,
+    /// False after `max-failures` consecutive failures.
+    pub healthy: bool,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
 }
 
 /// A backend selection policy as the proxy uses it.
@@ -117,6 +172,9 @@ pub trait Policy: Send + Sync {
 
     /// The name shown in logs and the admin API.
     fn name(&self) -> &str;
+
+    /// What the admin API shows about it.
+    fn status(&self) -> PolicyStatus;
 }
 
 /// Native round-robin over healthy backends: the fallback when a policy
@@ -159,6 +217,18 @@ impl Policy for RoundRobin {
 
     fn name(&self) -> &str {
         "native-round-robin"
+    }
+
+    fn status(&self) -> PolicyStatus {
+        PolicyStatus {
+            source: self.name().to_string(),
+            file: false,
+            digest: String::new(),
+            size: 0,
+            loaded_at: std::time::UNIX_EPOCH,
+            healthy: true,
+            consecutive_failures: 0,
+        }
     }
 }
 
@@ -218,6 +288,14 @@ pub enum LoadError {
         /// The source.
         what: String,
         /// The policy's own message.
+        reason: String,
+    },
+    /// Its dry-run `select` gave no usable decision.
+    #[error("{what} failed its dry run: {reason}")]
+    DryRun {
+        /// The source.
+        what: String,
+        /// What went wrong.
         reason: String,
     },
 }

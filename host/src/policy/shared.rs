@@ -47,6 +47,24 @@ impl SharedState {
         Some(c)
     }
 
+    /// A copy with the same counter values and an empty key-value store,
+    /// for dry runs that must not move the real counters.
+    pub fn snapshot(&self) -> SharedState {
+        let counters = lock(&self.counters)
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Arc::new(AtomicU64::new(v.load(std::sync::atomic::Ordering::Relaxed))),
+                )
+            })
+            .collect();
+        SharedState {
+            counters: Mutex::new(counters),
+            kv: Mutex::default(),
+        }
+    }
+
     /// A copy of the value under `key`.
     pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         lock(&self.kv).get(key).cloned()

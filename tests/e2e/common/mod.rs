@@ -241,6 +241,8 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
 pub struct Proxy {
     child: Child,
     pub port: u16,
+    /// The admin API's port, when the config has `[admin] listen = "127.0.0.1:{admin}"`.
+    pub admin_port: Option<u16>,
     pub dir: TempDir,
     pub config: PathBuf,
     log: PathBuf,
@@ -258,7 +260,11 @@ impl Proxy {
     pub fn start_with(config: &str, prepare: impl FnOnce(&TempDir)) -> Proxy {
         let dir = TempDir::new("proxy");
         prepare(&dir);
-        let config_path = dir.write("switchyard.toml", config.replace("{port}", "0"));
+        let wants_admin = config.contains("{admin}");
+        let config_path = dir.write(
+            "switchyard.toml",
+            config.replace("{port}", "0").replace("{admin}", "0"),
+        );
         let log = dir.0.join("proxy.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(BIN)
@@ -272,19 +278,25 @@ impl Proxy {
         let mut proxy = Proxy {
             child,
             port: 0,
+            admin_port: None,
             dir,
             config: config_path,
             log,
         };
-        proxy.wait_ready();
+        proxy.wait_ready(wants_admin);
         proxy
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, wants_admin: bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(port) = listening_port(&self.log()) {
+            let log = self.log();
+            let admin = port_after(&log, "admin API on http://127.0.0.1:");
+            if let Some(port) = listening_port(&log)
+                && (!wants_admin || admin.is_some())
+            {
                 self.port = port;
+                self.admin_port = admin;
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -305,6 +317,48 @@ impl Proxy {
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `http://127.0.0.1:ADMIN_PORT` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.admin_port.expect("config has no [admin]")
+        )
+    }
+
+    /// The admin API's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        get(&client(), &self.admin_url("/metrics")).body
+    }
+
+    /// The value of one metric line, e.g.
+    /// `switchyard_policy_failures_total{upstream="app",kind="trap"}`; 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The admin API's `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&get(&client(), &self.admin_url("/status")).body).expect("status JSON")
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
     }
 
     /// Everything the proxy logged so far.
@@ -339,9 +393,97 @@ impl Drop for Proxy {
 
 /// The port in the first "listening on http://127.0.0.1:PORT" log line.
 pub fn listening_port(log: &str) -> Option<u16> {
-    let rest = log.split("listening on http://127.0.0.1:").nth(1)?;
+    port_after(log, "listening on http://127.0.0.1:")
+}
+
+fn port_after(log: &str, marker: &str) -> Option<u16> {
+    let rest = log.split(marker).nth(1)?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
+}
+
+/// Keep-alive clients sending `GET` in a loop until stopped, recording
+/// every non-2xx answer and connection error.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    outcomes: Arc<Mutex<(usize, Vec<String>)>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` clients, each on its own connection, against `url`.
+    pub fn start(url: &str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new((0usize, Vec::new())));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, outcomes, url) = (stop.clone(), outcomes.clone(), url.to_string());
+                std::thread::spawn(move || {
+                    let agent = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let failure = match agent.get(&url).call() {
+                            Ok(r) if r.status().is_success() => None,
+                            Ok(r) => Some(format!("status {}", r.status())),
+                            Err(e) => Some(format!("error {e}")),
+                        };
+                        let mut o = outcomes.lock().unwrap();
+                        o.0 += 1;
+                        o.1.extend(failure);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            outcomes,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (requests sent, failures).
+    pub fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.outcomes.lock().unwrap().clone()
+    }
+}
+
+/// Waits up to `limit` for `cond`, polling; whether it came true.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes the built-in policies to `dir` (`NAME.wasm`) and returns their bytes
+/// by name.
+pub fn builtin_policies(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let out = Command::new(BIN)
+        .args(["policies", "--export"])
+        .arg(dir)
+        .output()
+        .expect("policies --export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ["round-robin", "weighted", "sticky-session"]
+        .iter()
+        .map(|n| {
+            let bytes = std::fs::read(dir.join(format!("{n}.wasm"))).expect("exported policy");
+            (n.to_string(), bytes)
+        })
+        .collect()
 }
 
 /// A keep-alive HTTP client that returns any status as a response.

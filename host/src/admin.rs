@@ -1,0 +1,247 @@
+//! The admin API, on its own listener (loopback unless the config says
+//! `allow-remote = true`):
+//!
+//! - `GET /status`: JSON with the config generation and, per upstream, its
+//!   policy (source, digest, load time, health) and backends (health,
+//!   in-flight, latency);
+//! - `POST /reload`: reload the config file now; 200 with the new
+//!   generation, or 422 with the reasons it was refused;
+//! - `GET /metrics`: Prometheus text format.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{ALLOW, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::app::App;
+use crate::body::ProxyBody;
+use crate::proxy::{Proxy, error_response};
+use crate::runtime::Runtime;
+use crate::server::bind;
+use crate::upstream::now_ns;
+
+/// Asks the reloader for a config reload and waits for the outcome.
+pub type ReloadRequest = oneshot::Sender<Result<u64, String>>;
+
+/// What the admin API needs.
+#[derive(Clone)]
+pub struct AdminContext {
+    /// The running proxy.
+    pub proxy: Arc<Proxy>,
+    /// Metrics and the rest.
+    pub app: Arc<App>,
+    /// Where `POST /reload` goes.
+    pub reload: mpsc::UnboundedSender<ReloadRequest>,
+}
+
+/// A running admin listener; dropping it stops accepting.
+pub struct AdminServer {
+    /// The configured address.
+    pub addr: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+/// Binds `addr` and serves the admin API on it.
+pub async fn start(addr: SocketAddr, ctx: AdminContext) -> anyhow::Result<AdminServer> {
+    let listener = bind(addr).await?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("admin API on http://{local}");
+    }
+    let (stop_tx, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.changed() => return,
+                a = listener.accept() => match a {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                },
+            };
+            let ctx = ctx.clone();
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            });
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(AdminServer {
+        addr,
+        _stop: stop_tx,
+    })
+}
+
+fn with_type(body: String, content_type: &'static str, status: StatusCode) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json(value: &impl Serialize, status: StatusCode) -> Response<ProxyBody> {
+    let body =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    with_type(body + "\n", "application/json", status)
+}
+
+async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Response<ProxyBody> {
+    let allowed = match req.uri().path() {
+        "/status" | "/metrics" => Method::GET,
+        "/reload" => Method::POST,
+        _ => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "try /status, /metrics or POST /reload",
+            );
+        }
+    };
+    if req.method() != allowed {
+        let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "wrong method");
+        resp.headers_mut().insert(
+            ALLOW,
+            HeaderValue::from_str(allowed.as_str()).unwrap_or(HeaderValue::from_static("GET")),
+        );
+        return resp;
+    }
+    match req.uri().path() {
+        "/status" => json(&status(&ctx.proxy.runtime()), StatusCode::OK),
+        "/metrics" => with_type(
+            ctx.app.metrics.render(&ctx.proxy.runtime()),
+            "text/plain; version=0.0.4; charset=utf-8",
+            StatusCode::OK,
+        ),
+        _ => {
+            let (tx, rx) = oneshot::channel();
+            if ctx.reload.send(tx).is_err() {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            }
+            match rx.await {
+                Ok(Ok(generation)) => json(
+                    &serde_json::json!({ "generation": generation }),
+                    StatusCode::OK,
+                ),
+                Ok(Err(e)) => json(
+                    &serde_json::json!({ "error": e }),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            }
+        }
+    }
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Config generation: 1 at start, +1 per reload.
+    pub generation: u64,
+    /// The config file.
+    pub config: String,
+    /// The upstream groups.
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+/// One upstream in `/status`.
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    /// Its name.
+    pub name: String,
+    /// Its policy.
+    pub policy: PolicyInfo,
+    /// Its backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// A policy in `/status`.
+#[derive(Debug, Serialize)]
+pub struct PolicyInfo {
+    /// Built-in name or file path.
+    pub name: String,
+    /// The file, for policies loaded from one.
+    pub file: Option<String>,
+    /// `sha256:` digest of the component.
+    pub digest: String,
+    /// Component size in bytes.
+    pub size: usize,
+    /// When this version went into service (RFC 3339).
+    pub loaded_at: String,
+    /// False after `policy-max-failures` consecutive failures.
+    pub healthy: bool,
+    /// Failures since its last success.
+    pub consecutive_failures: u32,
+}
+
+/// A backend in `/status`.
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    /// Its name.
+    pub name: String,
+    /// Its address as configured.
+    pub address: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Whether passive health allows it now.
+    pub healthy: bool,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+    /// EWMA of time to response headers, µs (0: none yet).
+    pub latency_ewma_us: u32,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Builds the `/status` document for `runtime`.
+pub fn status(runtime: &Runtime) -> Status {
+    let now = now_ns();
+    Status {
+        generation: runtime.generation,
+        config: runtime.config.file.display().to_string(),
+        upstreams: runtime
+            .upstreams
+            .iter()
+            .map(|u| {
+                let p = u.policy().status();
+                UpstreamStatus {
+                    name: u.name.clone(),
+                    policy: PolicyInfo {
+                        file: p.file.then(|| p.source.clone()),
+                        name: p.source,
+                        digest: format!("sha256:{}", p.digest),
+                        size: p.size,
+                        loaded_at: rfc3339(p.loaded_at),
+                        healthy: p.healthy,
+                        consecutive_failures: p.consecutive_failures,
+                    },
+                    backends: u
+                        .backends
+                        .iter()
+                        .map(|b| BackendStatus {
+                            name: b.name.clone(),
+                            address: b.address.clone(),
+                            weight: b.weight,
+                            healthy: b.stats.healthy(now),
+                            in_flight: b.stats.in_flight(),
+                            latency_ewma_us: b.stats.latency_ewma_us(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
+}

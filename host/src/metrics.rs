@@ -1,0 +1,409 @@
+//! Prometheus metrics, served by the admin API at `/metrics`.
+//!
+//! Counters and histograms live in a registry that outlives config reloads
+//! (a reload never resets them). The request path never looks a metric up:
+//! each upstream and backend holds handles resolved when it is built, so
+//! counting is one relaxed atomic add. Gauges (backend health, in-flight,
+//! policy health) are read from the running config at scrape time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::policy::PolicyFailure;
+use crate::runtime::Runtime;
+
+/// Upper bounds of the decision-latency buckets, in nanoseconds.
+const LATENCY_BOUNDS_NS: [u64; 14] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// [`LatencyHistogram`] is a lock-free histogram of durations (the
+/// `prometheus-client` one takes a lock per observation).
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram(Arc<HistogramInner>);
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// One per bound, plus +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let i = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        let inner = &*self.0;
+        inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        inner.count.fetch_add(1, Ordering::Relaxed);
+        inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &*self.0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
+            .iter()
+            .map(|&b| b as f64 / 1e9)
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(inner.buckets.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        // The count is taken from the buckets read just now, so the two agree
+        // even while observations race with the scrape.
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        encoder.encode_histogram::<NoLabelSet>(
+            inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    upstream: String,
+    backend: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    upstream: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    upstream: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    upstream: String,
+    backend: String,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of `status`'s class in a `[Counter; 5]`.
+pub fn class(status: StatusCode) -> usize {
+    (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1
+}
+
+/// Responses by status class.
+#[derive(Debug, Clone, Default)]
+pub struct ByClass([Counter; 5]);
+
+impl ByClass {
+    /// Counts one response.
+    pub fn count(&self, status: StatusCode) {
+        self.0[class(status)].inc();
+    }
+}
+
+/// Handles for one upstream group.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamMetrics {
+    /// Decisions the policy made.
+    pub decisions: Counter,
+    failures: [Counter; PolicyFailure::KINDS.len()],
+    /// Time spent in the policy per decision.
+    pub decision_seconds: LatencyHistogram,
+    /// Responses the proxy wrote itself (no backend answered).
+    pub unanswered: ByClass,
+    /// Hot swaps that took effect.
+    pub swaps: Counter,
+    /// Hot swaps refused.
+    pub failed_swaps: Counter,
+}
+
+impl UpstreamMetrics {
+    /// Counts a policy failure.
+    pub fn failure(&self, f: &PolicyFailure) {
+        self.failures[f.kind_index()].inc();
+    }
+}
+
+/// Handles for one backend.
+#[derive(Debug, Clone, Default)]
+pub struct BackendMetrics {
+    /// Responses by status class.
+    pub responses: ByClass,
+}
+
+/// [`Metrics`] is the process's metric registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    decisions: Family<UpstreamLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    swaps: Family<ResultLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    decision_seconds: Family<UpstreamLabels, LatencyHistogram>,
+    /// Requests no route matched.
+    pub unrouted: ByClass,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with every metric described.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let decisions = Family::<UpstreamLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let swaps = Family::<ResultLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let decision_seconds = Family::<UpstreamLabels, LatencyHistogram>::default();
+        registry.register(
+            "requests",
+            "Responses sent to clients, by upstream, backend (empty when the proxy answered itself) and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Backend choices made by the upstream's policy",
+            decisions.clone(),
+        );
+        registry.register(
+            "policy_failures",
+            "Requests the policy failed on (the fallback chose instead), by kind",
+            failures.clone(),
+        );
+        registry.register(
+            "policy_swaps",
+            "Policy hot swaps, by result (ok or failed)",
+            swaps.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok or failed)",
+            reloads.clone(),
+        );
+        registry.register(
+            "policy_decision_seconds",
+            "Time spent in the policy per decision",
+            decision_seconds.clone(),
+        );
+        let unrouted = ByClass(std::array::from_fn(|i| {
+            requests.get_or_create_owned(&RequestLabels {
+                upstream: String::new(),
+                backend: String::new(),
+                code: CLASSES[i].into(),
+            })
+        }));
+        Metrics {
+            registry,
+            requests,
+            decisions,
+            failures,
+            swaps,
+            reloads,
+            decision_seconds,
+            unrouted,
+        }
+    }
+
+    fn by_class(&self, upstream: &str, backend: &str) -> ByClass {
+        ByClass(std::array::from_fn(|i| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                upstream: upstream.into(),
+                backend: backend.into(),
+                code: CLASSES[i].into(),
+            })
+        }))
+    }
+
+    /// Handles for upstream `name` (the same ones across reloads).
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        let up = UpstreamLabels {
+            upstream: name.into(),
+        };
+        let result = |r: &str| ResultLabels {
+            upstream: name.into(),
+            result: r.into(),
+        };
+        UpstreamMetrics {
+            decisions: self.decisions.get_or_create_owned(&up),
+            failures: std::array::from_fn(|i| {
+                self.failures.get_or_create_owned(&FailureLabels {
+                    upstream: name.into(),
+                    kind: PolicyFailure::KINDS[i].into(),
+                })
+            }),
+            decision_seconds: self.decision_seconds.get_or_create_owned(&up),
+            unanswered: self.by_class(name, ""),
+            swaps: self.swaps.get_or_create_owned(&result("ok")),
+            failed_swaps: self.swaps.get_or_create_owned(&result("failed")),
+        }
+    }
+
+    /// Handles for backend `backend` of `upstream`.
+    pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            responses: self.by_class(upstream, backend),
+        }
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of everything, with gauges read
+    /// from `runtime`.
+    pub fn render(&self, runtime: &Runtime) -> String {
+        let mut gauges = Registry::with_prefix("switchyard");
+        let up = Family::<BackendLabels, Gauge>::default();
+        let in_flight = Family::<BackendLabels, Gauge>::default();
+        let policy_healthy = Family::<UpstreamLabels, Gauge>::default();
+        let now = crate::upstream::now_ns();
+        for u in &runtime.upstreams {
+            for b in &u.backends {
+                let l = BackendLabels {
+                    upstream: u.name.clone(),
+                    backend: b.name.clone(),
+                };
+                up.get_or_create(&l).set(i64::from(b.stats.healthy(now)));
+                in_flight
+                    .get_or_create(&l)
+                    .set(i64::from(b.stats.in_flight()));
+            }
+            policy_healthy
+                .get_or_create(&UpstreamLabels {
+                    upstream: u.name.clone(),
+                })
+                .set(i64::from(u.policy().status().healthy));
+        }
+        gauges.register("backend_up", "1 if passive health allows the backend", up);
+        gauges.register(
+            "backend_in_flight",
+            "Requests in flight to the backend",
+            in_flight,
+        );
+        gauges.register(
+            "policy_healthy",
+            "0 after max-failures consecutive policy failures",
+            policy_healthy,
+        );
+        let generation = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        generation.set(runtime.generation as i64);
+        gauges.register(
+            "config_generation",
+            "Configurations loaded since start (1 is the first)",
+            generation,
+        );
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &gauges);
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_index_their_counters() {
+        assert_eq!(class(StatusCode::OK), 1);
+        assert_eq!(class(StatusCode::NOT_FOUND), 3);
+        assert_eq!(class(StatusCode::BAD_GATEWAY), 4);
+        assert_eq!(class(StatusCode::SWITCHING_PROTOCOLS), 0);
+    }
+
+    #[test]
+    fn handles_resolved_twice_count_into_one_series() {
+        let m = Metrics::new();
+        m.upstream("app").decisions.inc();
+        m.upstream("app").decisions.inc();
+        m.backend("app", "a").responses.count(StatusCode::OK);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &m.registry).unwrap();
+        assert!(
+            out.contains("switchyard_policy_decisions_total{upstream=\"app\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "switchyard_requests_total{upstream=\"app\",backend=\"a\",code=\"2xx\"} 1"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn histograms_put_observations_in_their_buckets() {
+        let m = Metrics::new();
+        let h = m.upstream("app").decision_seconds;
+        h.observe(Duration::from_nanos(400));
+        h.observe(Duration::from_millis(50));
+        assert_eq!(h.count(), 2);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &m.registry).unwrap();
+        assert!(
+            out.contains(
+                "switchyard_policy_decision_seconds_bucket{le=\"5e-7\",upstream=\"app\"} 1"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "switchyard_policy_decision_seconds_bucket{le=\"+Inf\",upstream=\"app\"} 2"
+            ),
+            "{out}"
+        );
+    }
+}

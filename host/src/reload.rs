@@ -1,0 +1,258 @@
+//! Reloads, one at a time: the whole config (SIGHUP, `POST /reload`, the
+//! config file changing) or one policy file (that file changing).
+//!
+//! A config reload parses and checks the file, builds a complete new
+//! runtime (compiling, configuring and dry-running every policy) off the
+//! request path, binds any new listener, and only then puts it in service;
+//! any failure leaves the running config untouched. A policy file change
+//! swaps the new policy into the groups that use it, each only after it has
+//! passed the same checks. File events are debounced: the work starts once a
+//! file has been quiet for [`DEBOUNCE`], so a file written in several steps
+//! is read once it is complete.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::admin::{self, AdminContext, AdminServer, ReloadRequest};
+use crate::app::App;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::runtime::Runtime;
+use crate::server::Listeners;
+use crate::watch::{Changed, FileWatcher};
+
+/// How long a changed file must stay unchanged before it is read.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// [`Reloader`] owns everything a reload changes.
+pub struct Reloader {
+    app: Arc<App>,
+    proxy: Arc<Proxy>,
+    config_file: PathBuf,
+    /// `--no-watch` on the command line wins over the config's `watch`.
+    watch_allowed: bool,
+    listeners: Listeners,
+    admin: Option<AdminServer>,
+    admin_tx: mpsc::UnboundedSender<ReloadRequest>,
+    admin_rx: mpsc::UnboundedReceiver<ReloadRequest>,
+    watcher: Option<FileWatcher>,
+    changes: mpsc::UnboundedReceiver<Changed>,
+    pending: HashMap<PathBuf, Instant>,
+}
+
+impl Reloader {
+    /// Starts the listeners, the admin API and the file watcher for the
+    /// proxy's current runtime.
+    pub async fn start(
+        app: Arc<App>,
+        proxy: Arc<Proxy>,
+        watch_allowed: bool,
+    ) -> anyhow::Result<Reloader> {
+        let runtime = proxy.runtime();
+        let (admin_tx, admin_rx) = mpsc::unbounded_channel();
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let watcher = match FileWatcher::new(changes_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch files for changes (SIGHUP and POST /reload still work): {e}"
+                );
+                None
+            }
+        };
+        let mut reloader = Reloader {
+            app,
+            listeners: Listeners::new(proxy.clone()),
+            proxy,
+            config_file: runtime.config.file.clone(),
+            watch_allowed,
+            admin: None,
+            admin_tx,
+            admin_rx,
+            watcher,
+            changes,
+            pending: HashMap::new(),
+        };
+        // Watch first: a change made once the proxy answers must be seen.
+        reloader.watch(&runtime);
+        let bound = reloader
+            .listeners
+            .bind_missing(&runtime.config.listeners)
+            .await?;
+        reloader.listeners.commit(bound, &runtime.config.listeners);
+        if let Some(addr) = runtime.config.admin {
+            reloader.admin = Some(admin::start(addr, reloader.admin_context()).await?);
+        }
+        Ok(reloader)
+    }
+
+    fn admin_context(&self) -> AdminContext {
+        AdminContext {
+            proxy: self.proxy.clone(),
+            app: self.app.clone(),
+            reload: self.admin_tx.clone(),
+        }
+    }
+
+    fn watch(&mut self, runtime: &Runtime) {
+        let Some(w) = &mut self.watcher else { return };
+        if self.watch_allowed && runtime.config.watch {
+            let mut files = runtime.policy_files();
+            files.push(&runtime.config.file);
+            w.set(files);
+        } else {
+            w.set([]);
+        }
+    }
+
+    /// Handles reload requests until `shutdown` resolves, then stops the
+    /// listeners and drains connections for the config's grace period.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP: {e}");
+                None
+            }
+        };
+        tokio::pin!(shutdown);
+        loop {
+            let next_due = self.pending.values().min().copied();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP received, reloading {}", self.config_file.display());
+                    let _ = self.reload().await;
+                }
+                Some(reply) = self.admin_rx.recv() => {
+                    tracing::info!("reload requested through the admin API");
+                    let _ = reply.send(self.reload().await);
+                }
+                Some(Changed(path)) = self.changes.recv() => {
+                    self.pending.insert(path, Instant::now() + DEBOUNCE);
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                    self.settle().await;
+                }
+            }
+        }
+        let grace = self.proxy.runtime().config.shutdown_grace;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        drop(self.admin.take());
+        self.listeners.shutdown(grace).await;
+    }
+
+    /// Acts on the files that have been quiet for the debounce time.
+    async fn settle(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &due {
+            self.pending.remove(p);
+        }
+        if due.contains(&self.config_file) {
+            tracing::info!("{} changed, reloading", self.config_file.display());
+            // A full reload re-reads every policy file too.
+            let _ = self.reload().await;
+            return;
+        }
+        for path in due {
+            self.swap_policy(path).await;
+        }
+    }
+
+    async fn swap_policy(&mut self, path: PathBuf) {
+        let runtime = self.proxy.runtime();
+        let app = self.app.clone();
+        let file = path.clone();
+        let swaps = match tokio::task::spawn_blocking(move || runtime.swap_policy_file(&app, &file))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("policy swap for {} failed: {e}", path.display());
+                return;
+            }
+        };
+        for swap in swaps {
+            match swap.result {
+                Ok(digest) => tracing::info!(
+                    upstream = %swap.upstream,
+                    "policy {} swapped in (sha256:{digest})",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    upstream = %swap.upstream,
+                    "policy file {} refused, the previous policy keeps serving: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
+
+    /// Reloads the config file; returns the new generation or why not.
+    pub async fn reload(&mut self) -> Result<u64, String> {
+        let result = self.try_reload().await;
+        self.app.metrics.reload(result.is_ok());
+        match &result {
+            Ok(generation) => tracing::info!("configuration reloaded (generation {generation})"),
+            Err(e) => tracing::warn!(
+                "configuration {} refused, the running one stays in service:\n{e}",
+                self.config_file.display()
+            ),
+        }
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<u64, String> {
+        let generation = self.proxy.runtime().generation + 1;
+        let (app, file) = (self.app.clone(), self.config_file.clone());
+        let runtime = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&file).map_err(|e| e.to_string())?;
+            Runtime::build(config, &app, generation).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))??;
+
+        let bound = self
+            .listeners
+            .bind_missing(&runtime.config.listeners)
+            .await
+            .map_err(|e| e.to_string())?;
+        let admin = match (runtime.config.admin, &self.admin) {
+            (Some(new), Some(old)) if new == old.addr => None,
+            (Some(new), _) => Some(Some(
+                admin::start(new, self.admin_context())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )),
+            (None, Some(_)) => Some(None),
+            (None, None) => None,
+        };
+
+        let runtime = Arc::new(runtime);
+        self.proxy.replace_arc(runtime.clone());
+        self.listeners.commit(bound, &runtime.config.listeners);
+        if let Some(admin) = admin {
+            self.admin = admin;
+        }
+        self.watch(&runtime);
+        self.app.backends.prune();
+        Ok(generation)
+    }
+}
