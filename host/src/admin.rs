@@ -232,7 +232,7 @@ pub fn status(runtime: &Runtime) -> Status {
                         .backends
                         .iter()
                         .map(|b| BackendStatus {
-                            name: b.name.clone(),
+                            name: b.name.to_string(),
                             address: b.address.clone(),
                             weight: b.weight,
                             healthy: b.stats.healthy(now),

@@ -2,9 +2,10 @@
 //! config into a runtime, serving it until SIGTERM or SIGINT, draining.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::config::Config;
+use crate::access_log::AccessLog;
+use crate::config::{AccessLogConfig, Config};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, StateRegistry};
 use crate::proxy::Proxy;
@@ -24,6 +25,8 @@ pub struct App {
     pub backends: BackendRegistry,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The access log writer, kept across reloads while its settings stay.
+    access_log: Mutex<Option<(AccessLogConfig, AccessLog)>>,
 }
 
 impl App {
@@ -36,7 +39,28 @@ impl App {
             states: StateRegistry::default(),
             backends: BackendRegistry::default(),
             metrics: Metrics::new(),
+            access_log: Mutex::new(None),
         })
+    }
+
+    /// The access log for `config`: the running one if its settings did not
+    /// change (so a reload does not reopen the file), else a new one.
+    pub fn access_log(&self, config: &AccessLogConfig) -> std::io::Result<AccessLog> {
+        let mut current = self.access_log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, log)) = &*current
+            && c == config
+        {
+            return Ok(log.clone());
+        }
+        let log = AccessLog::open(config).map_err(|e| {
+            let to = config
+                .path
+                .as_ref()
+                .map_or("standard output".to_string(), |p| p.display().to_string());
+            std::io::Error::new(e.kind(), format!("cannot write to {to}: {e}"))
+        })?;
+        *current = Some((config.clone(), log.clone()));
+        Ok(log)
     }
 
     /// Builds the first runtime from a checked config, or says every reason

@@ -33,6 +33,19 @@ pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE: usize = 64;
 /// How long in-flight requests may run after SIGTERM before the process exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers) a client may send.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
+/// Most header fields in a request.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Most open client connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a client connection may sit idle, or take to send a request head.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Extra attempts on other backends after a failed one: by default every
+/// backend may be tried, as nginx does.
+pub const DEFAULT_RETRIES: u32 = u32::MAX;
+/// Time budget for all attempts of one request, retries included.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one policy decision may run before it is interrupted.
 pub const DEFAULT_POLICY_TIMEOUT: Duration = Duration::from_millis(1);
 /// Linear memory one policy instance may use.
@@ -133,6 +146,7 @@ impl Locator<'_> {
 struct FileConfig {
     server: FileServer,
     admin: Option<FileAdmin>,
+    access_log: Option<Spanned<FileAccessLog>>,
     #[serde(default)]
     upstreams: BTreeMap<String, Spanned<FileUpstream>>,
     #[serde(default)]
@@ -147,6 +161,62 @@ struct FileServer {
     trusted_proxies: Vec<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     watch: Option<bool>,
+    max_header_size: Option<Spanned<String>>,
+    max_headers: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    client_idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    forwarded: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileAccessLog {
+    #[serde(default = "stdout")]
+    path: String,
+    #[serde(default)]
+    format: LogFormat,
+}
+
+fn stdout() -> String {
+    "-".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileHealthCheck {
+    #[serde(default = "health_path")]
+    path: Spanned<String>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    expect_status: Option<Spanned<String>>,
+    #[serde(default = "one")]
+    rise: u32,
+    #[serde(default = "one")]
+    fall: u32,
+    host: Option<String>,
+}
+
+fn health_path() -> Spanned<String> {
+    Spanned::new(0..0, "/".into())
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileListener {
+    address: String,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +242,9 @@ struct FileUpstream {
     policy_timeout: Option<Spanned<String>>,
     policy_memory: Option<Spanned<String>>,
     policy_max_failures: Option<Spanned<u32>>,
+    retries: Option<u32>,
+    retry_timeout: Option<Spanned<String>>,
+    health_check: Option<Spanned<FileHealthCheck>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +253,10 @@ struct FileBackend {
     name: Spanned<String>,
     address: Spanned<String>,
     weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    h2: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,11 +265,39 @@ struct FileRoute {
     host: Option<Spanned<String>>,
     path_prefix: Option<Spanned<String>>,
     upstream: Spanned<String>,
+    max_body_size: Option<Spanned<String>>,
 }
 
-/// `listen = "addr"` or `listen = ["addr", ...]`.
+/// `listen = "addr"`, or a list whose entries are addresses or tables
+/// `{ address = "...", tls = { cert = "...", key = "..." } }`.
 #[derive(Debug)]
-struct Listen(Vec<String>);
+struct Listen(Vec<FileListener>);
+
+/// One entry of a `listen` list.
+struct ListenEntry(FileListener);
+
+impl<'de> Deserialize<'de> for ListenEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ListenEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8080\" or a table { address = ..., tls = { cert = ..., key = ... } }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenEntry, E> {
+                Ok(ListenEntry(FileListener {
+                    address: v.to_string(),
+                    tls: None,
+                }))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ListenEntry, A::Error> {
+                FileListener::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ListenEntry)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -200,20 +305,29 @@ impl<'de> Deserialize<'de> for Listen {
         impl<'de> Visitor<'de> for V {
             type Value = Listen;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an address such as \"127.0.0.1:8080\" or a list of them")
+                f.write_str("an address such as \"127.0.0.1:8080\" or a list of addresses and listener tables")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Listen, E> {
-                Ok(Listen(vec![v.to_string()]))
+                ListenEntry::visit(v).map(|e| Listen(vec![e.0]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Listen, A::Error> {
                 let mut out = Vec::new();
-                while let Some(s) = seq.next_element::<String>()? {
-                    out.push(s);
+                while let Some(e) = seq.next_element::<ListenEntry>()? {
+                    out.push(e.0);
                 }
                 Ok(Listen(out))
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl ListenEntry {
+    fn visit<E: de::Error>(v: &str) -> Result<ListenEntry, E> {
+        Ok(ListenEntry(FileListener {
+            address: v.to_string(),
+            tls: None,
+        }))
     }
 }
 
@@ -226,8 +340,14 @@ pub struct Config {
     /// The file it came from; relative policy paths are resolved against
     /// its directory.
     pub file: PathBuf,
-    /// Addresses to accept clients on.
-    pub listeners: Vec<SocketAddr>,
+    /// Where to accept clients.
+    pub listeners: Vec<ListenerConfig>,
+    /// Limits on what clients send.
+    pub limits: ClientLimits,
+    /// Also send an RFC 7239 `Forwarded` header.
+    pub forwarded: bool,
+    /// Where the access log goes, if anywhere.
+    pub access_log: Option<AccessLogConfig>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may finish after SIGTERM.
@@ -240,6 +360,78 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, most specific first.
     pub routes: Vec<RouteConfig>,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// The address (port 0: any free port).
+    pub addr: SocketAddr,
+    /// Certificate and key files for TLS, absolute paths.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS listener's PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Where the listener was written, for errors reading them.
+    pub origin: Origin,
+}
+
+/// Limits on client requests and connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Largest request head in bytes (431 beyond it).
+    pub max_header_size: usize,
+    /// Most header fields (431 beyond it).
+    pub max_headers: usize,
+    /// Most open connections per listener; more wait to be accepted.
+    pub max_connections: usize,
+    /// Idle time allowed on a client connection (and to send a request head).
+    pub client_idle_timeout: Duration,
+}
+
+/// The access log's format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// NCSA common log format plus upstream fields.
+    #[default]
+    Common,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where and how to write the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// A file to append to; `None` is standard output.
+    pub path: Option<PathBuf>,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// Active health checking of an upstream's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// Path requested with `GET`.
+    pub path: String,
+    /// `Host` header to send; the backend's address if none.
+    pub host: Option<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Statuses that count as healthy (inclusive range).
+    pub expect: (u16, u16),
+    /// Consecutive successes that bring a backend back.
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
 }
 
 /// Where a policy comes from.
@@ -287,6 +479,12 @@ pub struct UpstreamConfig {
     pub fail_timeout: Duration,
     /// The policy's sandbox.
     pub sandbox: SandboxConfig,
+    /// Extra attempts on other backends after a failure.
+    pub retries: u32,
+    /// Time budget for all attempts of one request.
+    pub retry_timeout: Duration,
+    /// Active health checks, if configured.
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 /// Limits on a policy's instances.
@@ -321,6 +519,10 @@ pub struct BackendConfig {
     pub socket_addr: SocketAddr,
     /// Weight, at least 1.
     pub weight: u32,
+    /// Used only when no other backend is healthy.
+    pub backup: bool,
+    /// Speak HTTP/2 (prior knowledge, cleartext) to it.
+    pub h2: bool,
 }
 
 /// How a route matches a request's host.
@@ -344,6 +546,8 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_size: Option<u64>,
 }
 
 impl Config {
@@ -390,30 +594,90 @@ fn duration(
     }
 }
 
+fn size(loc: &Locator<'_>, key: &str, v: &Spanned<String>) -> Result<u64, ConfigError> {
+    v.get_ref()
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| {
+            loc.error(
+                v,
+                format!(
+                    "{key}: {:?} is not a size like \"64KiB\" or \"10MiB\" ({e})",
+                    v.get_ref()
+                ),
+            )
+        })
+}
+
 fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
-    let mut listeners = Vec::new();
-    if raw.server.listen.get_ref().0.is_empty() {
-        return Err(loc.error(
-            &raw.server.listen,
-            "server.listen: give at least one address",
-        ));
+    // Absolute, so that relative paths in the file (policies, certificates)
+    // stay right whatever the working directory does later, and file-watch
+    // events can be matched against them. Errors keep the path as given.
+    let absolute = std::path::absolute(loc.file).unwrap_or_else(|_| loc.file.to_path_buf());
+    let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
+
+    let mut listeners: Vec<ListenerConfig> = Vec::new();
+    let listen = &raw.server.listen;
+    if listen.get_ref().0.is_empty() {
+        return Err(loc.error(listen, "server.listen: give at least one address"));
     }
-    for addr in &raw.server.listen.get_ref().0 {
+    for entry in &listen.get_ref().0 {
+        let addr = &entry.address;
         let parsed: SocketAddr = addr.parse().map_err(|_| {
             loc.error(
-                &raw.server.listen,
+                listen,
                 format!("server.listen: {addr:?} is not an IP address and port such as \"127.0.0.1:8080\""),
             )
         })?;
         // Port 0 (any free port) may appear more than once.
-        if parsed.port() != 0 && listeners.contains(&parsed) {
-            return Err(loc.error(
-                &raw.server.listen,
-                format!("server.listen: {addr} is listed twice"),
-            ));
+        if parsed.port() != 0 && listeners.iter().any(|l| l.addr == parsed) {
+            return Err(loc.error(listen, format!("server.listen: {addr} is listed twice")));
         }
-        listeners.push(parsed);
+        let tls = entry.tls.as_ref().map(|t| TlsFiles {
+            cert: base.join(&t.cert),
+            key: base.join(&t.key),
+            origin: loc.origin(listen.span()),
+        });
+        listeners.push(ListenerConfig { addr: parsed, tls });
     }
+    let limits = ClientLimits {
+        max_header_size: match &raw.server.max_header_size {
+            None => DEFAULT_MAX_HEADER_SIZE,
+            Some(v) => {
+                let n = size(loc, "server.max-header-size", v)?;
+                if !(8 * 1024..=16 * 1024 * 1024).contains(&n) {
+                    return Err(loc.error(v, "server.max-header-size: between 8KiB and 16MiB"));
+                }
+                n
+            }
+        } as usize,
+        max_headers: raw
+            .server
+            .max_headers
+            .as_ref()
+            .map_or(DEFAULT_MAX_HEADERS, |v| *v.get_ref()),
+        max_connections: match &raw.server.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(loc.error(v, "server.max-connections: must be at least 1"));
+            }
+            Some(v) => *v.get_ref(),
+        },
+        client_idle_timeout: duration(
+            loc,
+            "server.client-idle-timeout",
+            &raw.server.client_idle_timeout,
+            DEFAULT_CLIENT_IDLE_TIMEOUT,
+        )?,
+    };
+    let access_log = raw.access_log.as_ref().map(|a| {
+        let a = a.get_ref();
+        AccessLogConfig {
+            path: (a.path != "-").then(|| base.join(&a.path)),
+            format: a.format,
+        }
+    });
 
     let mut trusted_proxies = Vec::new();
     for t in &raw.server.trusted_proxies {
@@ -450,7 +714,7 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
                     format!("admin.listen: {addr} is not a loopback address; the admin API can reload the proxy, so set allow-remote = true if you really mean it"),
                 ));
             }
-            if addr.port() != 0 && listeners.contains(&addr) {
+            if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
                 return Err(loc.error(
                     &a.listen,
                     format!("admin.listen: {addr} is also a proxy listener"),
@@ -460,14 +724,9 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
         }
     };
 
-    // Absolute, so that policy paths (relative to the config's directory)
-    // stay right whatever the working directory does later, and file-watch
-    // events can be matched against them. Errors keep the path as given.
-    let absolute = std::path::absolute(loc.file).unwrap_or_else(|_| loc.file.to_path_buf());
-    let base = absolute.parent().unwrap_or(Path::new("/"));
     let mut upstreams = Vec::new();
     for (name, up) in &raw.upstreams {
-        upstreams.push(build_upstream(loc, base, name, up)?);
+        upstreams.push(build_upstream(loc, &base, name, up)?);
     }
 
     let mut routes = Vec::new();
@@ -506,10 +765,16 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
                 ));
             }
         };
+        let max_body_size = r
+            .max_body_size
+            .as_ref()
+            .map(|v| size(loc, &format!("{key}.max-body-size"), v))
+            .transpose()?;
         routes.push(RouteConfig {
             host,
             path_prefix,
             upstream,
+            max_body_size,
         });
     }
     if routes.is_empty() && upstreams.len() == 1 {
@@ -517,6 +782,7 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
             host: HostMatch::Any,
             path_prefix: "/".into(),
             upstream: 0,
+            max_body_size: None,
         });
     } else if routes.is_empty() && !upstreams.is_empty() {
         return Err(Origin { file: loc.file.to_path_buf(), ..Origin::default() }.error(
@@ -538,6 +804,9 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         file: absolute.clone(),
         listeners,
+        limits,
+        forwarded: raw.server.forwarded,
+        access_log,
         trusted_proxies,
         shutdown_grace,
         watch: raw.server.watch.unwrap_or(true),
@@ -621,7 +890,15 @@ fn build_upstream(
             address,
             socket_addr,
             weight,
+            backup: b.backup,
+            h2: b.h2,
         });
+    }
+    if backends.iter().all(|b| b.backup) {
+        return Err(loc.error(
+            &up.backends,
+            format!("{key}.backends: every backend is a backup; at least one must not be"),
+        ));
     }
 
     let policy_config = match &up.policy_config {
@@ -695,26 +972,14 @@ fn build_upstream(
             memory: match &up.policy_memory {
                 None => DEFAULT_POLICY_MEMORY,
                 Some(m) => {
-                    let bytes = m
-                        .get_ref()
-                        .trim()
-                        .parse::<bytesize::ByteSize>()
-                        .map_err(|e| {
-                            loc.error(
-                                m,
-                                format!(
-                                    "{key}.policy-memory: {:?} is not a size like \"4MiB\" ({e})",
-                                    m.get_ref()
-                                ),
-                            )
-                        })?;
-                    if bytes.as_u64() < 64 * 1024 {
+                    let bytes = size(loc, &format!("{key}.policy-memory"), m)?;
+                    if bytes < 64 * 1024 {
                         return Err(loc.error(
                             m,
                             format!("{key}.policy-memory: at least 64KiB (one Wasm page)"),
                         ));
                     }
-                    bytes.as_u64()
+                    bytes
                 }
             },
             max_failures: up
@@ -723,7 +988,91 @@ fn build_upstream(
                 .map_or(DEFAULT_POLICY_MAX_FAILURES, |m| *m.get_ref())
                 .max(1),
         },
+        retries: up.retries.unwrap_or(DEFAULT_RETRIES),
+        retry_timeout: duration(
+            loc,
+            &format!("{key}.retry-timeout"),
+            &up.retry_timeout,
+            DEFAULT_RETRY_TIMEOUT,
+        )?,
+        health_check: up
+            .health_check
+            .as_ref()
+            .map(|h| health_check(loc, &key, h))
+            .transpose()?,
     })
+}
+
+fn health_check(
+    loc: &Locator<'_>,
+    key: &str,
+    spanned: &Spanned<FileHealthCheck>,
+) -> Result<HealthCheckConfig, ConfigError> {
+    let h = spanned.get_ref();
+    let key = format!("{key}.health-check");
+    if !h.path.get_ref().starts_with('/') {
+        return Err(loc.error(&h.path, format!("{key}.path: must start with \"/\"")));
+    }
+    let interval = duration(
+        loc,
+        &format!("{key}.interval"),
+        &h.interval,
+        Duration::from_secs(5),
+    )?;
+    let timeout = duration(
+        loc,
+        &format!("{key}.timeout"),
+        &h.timeout,
+        Duration::from_secs(2),
+    )?;
+    if interval.is_zero() || timeout.is_zero() {
+        return Err(loc.error(
+            spanned,
+            format!("{key}: interval and timeout must be above 0"),
+        ));
+    }
+    let expect = match &h.expect_status {
+        None => (200, 399),
+        Some(e) => parse_status_range(e.get_ref()).ok_or_else(|| {
+            loc.error(
+                e,
+                format!(
+                    "{key}.expect-status: {:?} is not a status (\"200\"), a range (\"200-299\") or a class (\"2xx\")",
+                    e.get_ref()
+                ),
+            )
+        })?,
+    };
+    if h.rise == 0 || h.fall == 0 {
+        return Err(loc.error(spanned, format!("{key}: rise and fall must be at least 1")));
+    }
+    Ok(HealthCheckConfig {
+        path: h.path.get_ref().clone(),
+        host: h.host.clone(),
+        interval,
+        timeout,
+        expect,
+        rise: h.rise,
+        fall: h.fall,
+    })
+}
+
+/// `"200"`, `"200-299"` or `"2xx"` as an inclusive range.
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let s = s.trim();
+    let valid = |c: u16| (100..=599).contains(&c);
+    if let Some(class) = s.strip_suffix("xx") {
+        let c: u16 = class.parse().ok()?;
+        return (1..=5).contains(&c).then_some((c * 100, c * 100 + 99));
+    }
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let c = s.parse().ok()?;
+            (c, c)
+        }
+    };
+    (valid(lo) && valid(hi) && lo <= hi).then_some((lo, hi))
 }
 
 /// Resolves `host:port` once, at load time (no DNS on the request path).
@@ -791,7 +1140,10 @@ upstream = "app"
         let c = parse(ISSUE_EXAMPLE).unwrap();
         assert_eq!(
             c.listeners,
-            ["127.0.0.1:18080".parse::<SocketAddr>().unwrap()]
+            [ListenerConfig {
+                addr: "127.0.0.1:18080".parse().unwrap(),
+                tls: None
+            }]
         );
         let app = &c.upstreams[0];
         assert_eq!(app.policy, PolicySource::Builtin("weighted".into()));
@@ -947,6 +1299,59 @@ upstream = "a"
             "{one}\n[upstreams.other]\npolicy = \"round-robin\"\nbackends = [{{ name = \"x\", address = \"127.0.0.1:2\" }}]\n"
         );
         assert!(parse(&two).unwrap_err().to_string().contains("routes:"));
+    }
+
+    #[test]
+    fn listen_entries_may_be_tls_tables() {
+        let src = ISSUE_EXAMPLE.replace(
+            "listen = \"127.0.0.1:18080\"",
+            "listen = [ \"127.0.0.1:8080\", { address = \"127.0.0.1:8443\", tls = { cert = \"cert.pem\", key = \"key.pem\" } } ]",
+        );
+        let c = Config::parse(Path::new("/etc/sy/main.toml"), &src).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].tls, None);
+        let tls = c.listeners[1].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/sy/cert.pem"));
+        assert_eq!(tls.key, Path::new("/etc/sy/key.pem"));
+        let bad = ISSUE_EXAMPLE.replace(
+            "listen = \"127.0.0.1:18080\"",
+            "listen = [{ address = \"127.0.0.1:8443\", tsl = {} }]",
+        );
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown field `tsl`"), "{err}");
+    }
+
+    #[test]
+    fn health_checks_backups_and_limits_parse() {
+        let src = ISSUE_EXAMPLE
+            .replace(
+                "{ name = \"c\", address = \"127.0.0.1:19003\" }",
+                "{ name = \"c\", address = \"127.0.0.1:19003\", backup = true, h2 = true }",
+            )
+            .replace(
+                "[upstreams.app.policy-config]",
+                "retries = 1\nretry-timeout = \"2s\"\n[upstreams.app.health-check]\npath = \"/healthz\"\ninterval = \"1s\"\nexpect-status = \"2xx\"\nrise = 2\nfall = 3\n[upstreams.app.policy-config]",
+            )
+            .replace("path-prefix = \"/\"", "path-prefix = \"/\"\nmax-body-size = \"1MiB\"");
+        let c = parse(&src).unwrap();
+        let up = &c.upstreams[0];
+        assert!(up.backends[2].backup && up.backends[2].h2);
+        assert_eq!((up.retries, up.retry_timeout), (1, Duration::from_secs(2)));
+        let hc = up.health_check.as_ref().unwrap();
+        assert_eq!(
+            (hc.path.as_str(), hc.expect, hc.rise, hc.fall),
+            ("/healthz", (200, 299), 2, 3)
+        );
+        assert_eq!(c.routes[0].max_body_size, Some(1024 * 1024));
+    }
+
+    #[test]
+    fn status_ranges_parse() {
+        assert_eq!(parse_status_range("200"), Some((200, 200)));
+        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
+        assert_eq!(parse_status_range("3xx"), Some((300, 399)));
+        assert_eq!(parse_status_range("600"), None);
+        assert_eq!(parse_status_range("300-200"), None);
     }
 
     #[test]

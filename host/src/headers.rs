@@ -122,6 +122,49 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, 
     }
 }
 
+/// One `Forwarded` element (RFC 7239) for a request from `peer`.
+fn forwarded_element(peer: IpAddr, https: bool, host: Option<&HeaderValue>) -> String {
+    let node = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut out = format!("for={node};proto={}", if https { "https" } else { "http" });
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        let token = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            out.push_str(&format!(";host={h}"));
+        } else if !h.contains(['"', '\\']) {
+            out.push_str(&format!(";host=\"{h}\""));
+        }
+    }
+    out
+}
+
+/// Sets the RFC 7239 `Forwarded` header: appended to a trusted peer's,
+/// otherwise replacing whatever the client sent.
+pub fn set_rfc7239(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, https: bool) {
+    let element = forwarded_element(peer, https, headers.get(header::HOST));
+    let value = match headers.get(header::FORWARDED) {
+        Some(prev) if trusted_peer => {
+            let mut joined = prev.as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(element.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => None,
+    };
+    match value.or_else(|| HeaderValue::from_str(&element).ok()) {
+        Some(v) => {
+            headers.insert(header::FORWARDED, v);
+        }
+        None => {
+            headers.remove(header::FORWARDED);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +220,22 @@ mod tests {
         set_forwarded(&mut h, ip("10.0.0.2"), true, false);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_follows_rfc_7239() {
+        let mut h = map(&[("forwarded", "for=6.6.6.6"), ("host", "shop.example:8443")]);
+        set_rfc7239(&mut h, ip("::1"), false, true);
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"shop.example:8443\""
+        );
+        let mut h = map(&[("forwarded", "for=203.0.113.9"), ("host", "shop.example")]);
+        set_rfc7239(&mut h, ip("10.0.0.2"), true, false);
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.9, for=10.0.0.2;proto=http;host=shop.example"
+        );
     }
 
     #[test]

@@ -19,12 +19,14 @@
 //! [`app`] starts and stops the whole, [`demo`] is the self-contained
 //! tutorial.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
@@ -33,5 +35,6 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod watch;

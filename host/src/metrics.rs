@@ -313,7 +313,7 @@ impl Metrics {
             for b in &u.backends {
                 let l = BackendLabels {
                     upstream: u.name.clone(),
-                    backend: b.name.clone(),
+                    backend: b.name.to_string(),
                 };
                 up.get_or_create(&l).set(i64::from(b.stats.healthy(now)));
                 in_flight

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::admin::{self, AdminContext, AdminServer, ReloadRequest};
 use crate::app::App;
 use crate::config::Config;
+use crate::health;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
 use crate::server::Listeners;
@@ -43,6 +44,7 @@ pub struct Reloader {
     watcher: Option<FileWatcher>,
     changes: mpsc::UnboundedReceiver<Changed>,
     pending: HashMap<PathBuf, Instant>,
+    checks: health::Checks,
 }
 
 impl Reloader {
@@ -67,7 +69,7 @@ impl Reloader {
         };
         let mut reloader = Reloader {
             app,
-            listeners: Listeners::new(proxy.clone()),
+            listeners: Listeners::new(proxy.clone(), &runtime.config.limits),
             proxy,
             config_file: runtime.config.file.clone(),
             watch_allowed,
@@ -77,14 +79,14 @@ impl Reloader {
             watcher,
             changes,
             pending: HashMap::new(),
+            checks: health::start(&runtime),
         };
         // Watch first: a change made once the proxy answers must be seen.
         reloader.watch(&runtime);
-        let bound = reloader
+        let bound = reloader.listeners.bind_missing(&runtime.listeners).await?;
+        reloader
             .listeners
-            .bind_missing(&runtime.config.listeners)
-            .await?;
-        reloader.listeners.commit(bound, &runtime.config.listeners);
+            .commit(bound, &runtime.listeners, &runtime.config.limits);
         if let Some(addr) = runtime.config.admin {
             reloader.admin = Some(admin::start(addr, reloader.admin_context()).await?);
         }
@@ -231,7 +233,7 @@ impl Reloader {
 
         let bound = self
             .listeners
-            .bind_missing(&runtime.config.listeners)
+            .bind_missing(&runtime.listeners)
             .await
             .map_err(|e| e.to_string())?;
         let admin = match (runtime.config.admin, &self.admin) {
@@ -247,11 +249,13 @@ impl Reloader {
 
         let runtime = Arc::new(runtime);
         self.proxy.replace_arc(runtime.clone());
-        self.listeners.commit(bound, &runtime.config.listeners);
+        self.listeners
+            .commit(bound, &runtime.listeners, &runtime.config.limits);
         if let Some(admin) = admin {
             self.admin = admin;
         }
         self.watch(&runtime);
+        self.checks = health::start(&runtime);
         self.app.backends.prune();
         Ok(generation)
     }

@@ -15,12 +15,11 @@ impl Router {
         Router { routes }
     }
 
-    /// The upstream index for a request to `host` (no port) and `path`.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+    /// The route for a request to `host` (no port) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&RouteConfig> {
         self.routes
             .iter()
             .find(|r| host_matches(&r.host, host) && prefix_matches(&r.path_prefix, path))
-            .map(|r| r.upstream)
     }
 }
 
@@ -55,6 +54,7 @@ mod tests {
             host,
             path_prefix: prefix.into(),
             upstream,
+            max_body_size: None,
         }
     }
 
@@ -87,12 +87,14 @@ mod tests {
             route(HostMatch::Any, "/api", 1),
             route(HostMatch::Any, "/", 0),
         ]);
-        assert_eq!(r.find(Some("admin.example"), "/api/x"), Some(2));
-        assert_eq!(r.find(Some("www.example"), "/api/x"), Some(1));
-        assert_eq!(r.find(None, "/index.html"), Some(0));
-        assert_eq!(
-            Router::new(vec![route(HostMatch::Any, "/api", 0)]).find(None, "/"),
-            None
+        let up = |host, path| r.find(host, path).map(|r| r.upstream);
+        assert_eq!(up(Some("admin.example"), "/api/x"), Some(2));
+        assert_eq!(up(Some("www.example"), "/api/x"), Some(1));
+        assert_eq!(up(None, "/index.html"), Some(0));
+        assert!(
+            Router::new(vec![route(HostMatch::Any, "/api", 0)])
+                .find(None, "/")
+                .is_none()
         );
     }
 }

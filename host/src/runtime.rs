@@ -6,10 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::app::App;
 use crate::config::{Config, ConfigError, PolicySource, UpstreamConfig};
 use crate::policy::{LoadError, WasmPolicy};
 use crate::router::Router;
+use crate::server::ListenerSpec;
+use crate::tls;
 use crate::upstream::{Backend, Upstream, states};
 
 /// [`Runtime`] is everything the request path needs from one config.
@@ -22,6 +25,10 @@ pub struct Runtime {
     pub router: Router,
     /// 1 for the config loaded at start, +1 for each reload.
     pub generation: u64,
+    /// The listeners, with their TLS configs loaded.
+    pub listeners: Vec<ListenerSpec>,
+    /// Where request lines go, if the access log is on.
+    pub access_log: Option<AccessLog>,
 }
 
 /// The outcome of a policy file change for one upstream group.
@@ -69,14 +76,46 @@ impl Runtime {
                 ),
             }
         }
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                None => None,
+                Some(files) => match tls::server_config(files) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+            };
+            listeners.push(ListenerSpec { addr: l.addr, tls });
+        }
+        let access_log = match &config.access_log {
+            None => None,
+            Some(c) => match app.access_log(c) {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    errors.push(
+                        crate::config::Origin {
+                            file: config.file.clone(),
+                            ..Default::default()
+                        }
+                        .error(format!("access-log: {e}")),
+                    );
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Runtime {
+            access_log,
             router: Router::new(config.routes.clone()),
             config,
             upstreams,
             generation,
+            listeners,
         })
     }
 

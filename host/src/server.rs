@@ -1,24 +1,27 @@
-//! Listeners: accept connections, serve HTTP/1.1 and h2c on them through
-//! the [`Proxy`], follow config reloads (a listener whose address did not
-//! change keeps its socket), and drain gracefully on shutdown.
+//! Listeners: accept connections (TLS with ALPN, or plain with HTTP/1.1 and
+//! h2c prior knowledge), serve them through the [`Proxy`], follow config
+//! reloads (a listener whose address did not change keeps its socket; its
+//! certificate and limits are updated in place), and drain gracefully on
+//! shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::ClientLimits;
 use crate::proxy::Proxy;
-
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds `addr`, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -27,19 +30,39 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+/// How hyper serves client connections, from the config's limits.
+fn builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Also bounds how long a kept-alive connection may sit idle.
+        .header_read_timeout(limits.client_idle_timeout)
+        .max_buf_size(limits.max_header_size.max(8192))
+        .max_headers(limits.max_headers)
         .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     b
+}
+
+/// One listener as a config wants it.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// TLS, if this is an HTTPS listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Active {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 /// Listeners freshly bound for a config that is not in service yet.
@@ -49,56 +72,99 @@ pub struct Bound(Vec<(SocketAddr, TcpListener)>);
 /// address.
 pub struct Listeners {
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<ArcSwap<auto::Builder<TokioExecutor>>>,
     graceful: Arc<GracefulShutdown>,
     active: HashMap<SocketAddr, Active>,
 }
 
 impl Listeners {
     /// No listeners yet.
-    pub fn new(proxy: Arc<Proxy>) -> Listeners {
+    pub fn new(proxy: Arc<Proxy>, limits: &ClientLimits) -> Listeners {
         Listeners {
             proxy,
-            builder: Arc::new(builder()),
+            builder: Arc::new(ArcSwap::from_pointee(builder(limits))),
             graceful: Arc::new(GracefulShutdown::new()),
             active: HashMap::new(),
         }
     }
 
-    /// Binds the addresses of `addrs` not listened on yet. Nothing changes
+    /// Binds the addresses of `specs` not listened on yet. Nothing changes
     /// for clients until [`Listeners::commit`]; on error nothing stays bound.
-    pub async fn bind_missing(&self, addrs: &[SocketAddr]) -> anyhow::Result<Bound> {
+    pub async fn bind_missing(&self, specs: &[ListenerSpec]) -> anyhow::Result<Bound> {
         let mut bound = Vec::new();
-        for &addr in addrs {
-            if !self.active.contains_key(&addr) {
-                bound.push((addr, bind(addr).await?));
+        for spec in specs {
+            if !self.active.contains_key(&spec.addr) {
+                bound.push((spec.addr, bind(spec.addr).await?));
             }
         }
         Ok(Bound(bound))
     }
 
-    /// Starts serving the newly bound listeners and closes those whose
-    /// address is not in `addrs` (their open connections finish normally).
-    pub fn commit(&mut self, bound: Bound, addrs: &[SocketAddr]) {
+    /// Starts serving the newly bound listeners, updates the others
+    /// (certificate, limits), and closes those not in `specs` (their open
+    /// connections finish normally).
+    pub fn commit(&mut self, bound: Bound, specs: &[ListenerSpec], limits: &ClientLimits) {
+        self.builder.store(Arc::new(builder(limits)));
+        let spec_of = |addr: SocketAddr| specs.iter().find(|s| s.addr == addr);
         for (addr, listener) in bound.0 {
+            let Some(spec) = spec_of(addr) else { continue };
+            let scheme = if spec.tls.is_some() { "https" } else { "http" };
             match listener.local_addr() {
-                Ok(local) => tracing::info!("listening on http://{local}"),
+                Ok(local) => tracing::info!("listening on {scheme}://{local}"),
                 Err(e) => tracing::warn!("listener {addr}: {e}"),
             }
             let (stop, stopped) = watch::channel(false);
+            let tls = Arc::new(ArcSwapOption::empty());
+            let permits = Arc::new(Semaphore::new(limits.max_connections));
             let task = tokio::spawn(accept_loop(
                 listener,
-                self.proxy.clone(),
-                self.builder.clone(),
-                self.graceful.clone(),
+                Accepting {
+                    proxy: self.proxy.clone(),
+                    builder: self.builder.clone(),
+                    graceful: self.graceful.clone(),
+                    tls: tls.clone(),
+                    permits: permits.clone(),
+                },
                 stopped,
             ));
-            self.active.insert(addr, Active { stop, task });
+            self.active.insert(
+                addr,
+                Active {
+                    stop,
+                    task,
+                    tls,
+                    permits,
+                    max_connections: limits.max_connections,
+                },
+            );
+        }
+        for (addr, active) in &mut self.active {
+            let Some(spec) = spec_of(*addr) else { continue };
+            active
+                .tls
+                .store(spec.tls.clone().map(|c| Arc::new(TlsAcceptor::from(c))));
+            let (old, new) = (active.max_connections, limits.max_connections);
+            if new > old {
+                active.permits.add_permits(new - old);
+            } else if new < old {
+                // Permits in use are taken back as connections close.
+                let taken = active.permits.forget_permits(old - new);
+                if taken < old - new {
+                    let p = active.permits.clone();
+                    let rest = (old - new - taken) as u32;
+                    tokio::spawn(async move {
+                        if let Ok(permits) = p.acquire_many(rest).await {
+                            permits.forget();
+                        }
+                    });
+                }
+            }
+            active.max_connections = new;
         }
         let gone: Vec<SocketAddr> = self
             .active
             .keys()
-            .filter(|a| !addrs.contains(a))
+            .filter(|a| spec_of(**a).is_none())
             .copied()
             .collect();
         for addr in gone {
@@ -118,7 +184,6 @@ impl Listeners {
         for (_, a) in self.active {
             let _ = a.task.await;
         }
-        drop(self.builder);
         // The accept tasks held the only other references.
         let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
             return;
@@ -130,18 +195,30 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What an accept loop shares with its listener set.
+struct Accepting {
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<ArcSwap<auto::Builder<TokioExecutor>>>,
     graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    permits: Arc<Semaphore>,
+}
+
+async fn accept_loop(listener: TcpListener, a: Accepting, mut stop: watch::Receiver<bool>) {
     loop {
+        // At the connection limit, wait for a connection to close before
+        // accepting another (the kernel queues the rest).
+        let permit = tokio::select! {
+            _ = stop.changed() => return,
+            p = a.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, don't spin.
                     tracing::warn!("accept failed: {e}");
@@ -151,16 +228,56 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| proxy.clone().handle(req, peer, false));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watcher().watch(conn);
+        let conn = Conn {
+            proxy: a.proxy.clone(),
+            builder: a.builder.load_full(),
+            watcher: a.graceful.watcher(),
+            peer,
+        };
+        let tls = a.tls.load_full();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %peer, "connection ended: {e}");
+            match tls {
+                None => conn.serve(stream, false).await,
+                Some(acceptor) => conn.serve_tls(&acceptor, stream).await,
             }
+            drop(permit);
         });
+    }
+}
+
+/// One accepted client connection.
+struct Conn {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    async fn serve_tls(self, acceptor: &TlsAcceptor, stream: TcpStream) {
+        let handshake =
+            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+        match handshake {
+            Ok(Ok(tls)) => self.serve(tls, true).await,
+            Ok(Err(e)) => tracing::debug!(client = %self.peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(client = %self.peer, "TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<I>(self, io: I, https: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            proxy,
+            builder,
+            watcher,
+            peer,
+        } = self;
+        let service = service_fn(move |req| proxy.clone().handle(req, peer, https));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(client = %peer, "connection ended: {e}");
+        }
     }
 }

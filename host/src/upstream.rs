@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub fn now_ns() -> u64 {
 /// latency and passive health (nginx's `max_fails` / `fail_timeout`).
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    /// Set by active health checks while the backend fails them.
+    checks_failing: AtomicBool,
     in_flight: AtomicU32,
     latency_ewma_us: AtomicU32,
     fails: AtomicU32,
@@ -33,9 +35,21 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
-    /// Whether passive health allows the backend at `now`.
+    /// Whether the backend is usable at `now`: not failing active checks
+    /// and not marked down by passive health.
     pub fn healthy(&self, now: u64) -> bool {
-        now >= self.down_until_ns.load(Ordering::Relaxed)
+        !self.checks_failing.load(Ordering::Relaxed)
+            && now >= self.down_until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Records the verdict of active health checks.
+    pub fn set_check_failing(&self, failing: bool) {
+        self.checks_failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Whether active health checks have taken the backend out.
+    pub fn check_failing(&self) -> bool {
+        self.checks_failing.load(Ordering::Relaxed)
     }
 
     /// Requests in flight.
@@ -110,13 +124,17 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Backend {
     /// Name from the config.
-    pub name: String,
+    pub name: Arc<str>,
     /// Address as written.
     pub address: String,
     /// Resolved address.
     pub socket_addr: SocketAddr,
     /// Weight from the config.
     pub weight: u32,
+    /// Used only when no primary backend is healthy.
+    pub backup: bool,
+    /// Spoken to over HTTP/2.
+    pub h2: bool,
     /// Live numbers, shared with any other group using the same address
     /// and kept across reloads.
     pub stats: Arc<BackendStats>,
@@ -145,10 +163,12 @@ impl BackendRegistry {
             .backends
             .iter()
             .map(|b| Backend {
-                name: b.name.clone(),
+                name: b.name.as_str().into(),
                 address: b.address.clone(),
                 socket_addr: b.socket_addr,
                 weight: b.weight,
+                backup: b.backup,
+                h2: b.h2,
                 stats: stats.entry(b.socket_addr).or_default().clone(),
                 pool: pools
                     .entry((b.socket_addr, config.keepalive, config.idle_timeout))
@@ -173,8 +193,9 @@ impl BackendRegistry {
 }
 
 /// The live states a policy sees for a request that has already failed on
-/// the backends in `tried`. When no untried backend is healthy, all untried
-/// ones are offered ("panic mode", as nginx does when every server is marked
+/// the backends in `tried`. Backups are offered only when no primary is
+/// healthy. When nothing untried is healthy, all untried backends are
+/// offered ("panic mode", as nginx does when every server is marked
 /// failed). None is healthy only when everything has been tried.
 pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 8]> {
     let now = now_ns();
@@ -187,6 +208,15 @@ pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 
             latency_ewma_us: b.stats.latency_ewma_us(),
         })
         .collect();
+    let primary_up = backends
+        .iter()
+        .zip(&states)
+        .any(|(b, s)| s.healthy && !b.backup);
+    for (b, s) in backends.iter().zip(states.iter_mut()) {
+        if b.backup && primary_up {
+            s.healthy = false;
+        }
+    }
     if !states.iter().any(|s| s.healthy) {
         for (i, s) in states.iter_mut().enumerate() {
             s.healthy = !tried.contains(&i);
