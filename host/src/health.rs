@@ -2,7 +2,8 @@
 //! `interval`; `fall` consecutive failures take a backend out, `rise`
 //! consecutive successes bring it back (HAProxy's semantics). The verdict
 //! combines with passive health (`max-fails`): a backend is offered to the
-//! policy only if both allow it. Each flip is logged once.
+//! policy only if both allow it, except that a backend coming back by its
+//! checks also clears its passive mark. Each flip is logged once.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ impl Streak {
                 self.failed = 0;
                 if failing && self.ok >= c.rise {
                     b.stats.set_check_failing(false);
+                    b.stats.clear_failures();
                     tracing::info!(upstream = %up.name, backend = %b.name, "backend is up again (health check)");
                 }
             }

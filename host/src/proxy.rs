@@ -80,6 +80,8 @@ enum Attempt {
     Lost(String),
     /// No response within `response-timeout`.
     TimedOut(String),
+    /// The client's body failed (or passed its limit) while being sent.
+    ClientBody(String),
 }
 
 /// What the client gets, and from whom.
@@ -205,7 +207,7 @@ impl Proxy {
             https,
         };
         let mut out = forward(upstream, view, body, upgrade.map(|u| u.1)).await;
-        if too_large.is_some_and(|t| t.load(Ordering::Relaxed)) && out.backend.is_none() {
+        if too_large.is_some_and(|t| t.load(Ordering::Relaxed)) && out.upstream_time.is_none() {
             out = Outcome::proxy(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the request body is over this route's limit",
@@ -395,6 +397,13 @@ async fn forward(
                     }
                 }
             }
+            Attempt::ClientBody(why) => {
+                tracing::debug!(upstream = %upstream.name, "client body failed: {why}");
+                return Outcome::proxy(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                );
+            }
             Attempt::TimedOut(why) => {
                 failed(&why);
                 tracing::warn!(upstream = %upstream.name, backend = %backend.name, "{why}");
@@ -500,10 +509,13 @@ async fn attempt(
                     return Attempt::NotSent(p, b, e.into_error().to_string());
                 }
                 None => {
+                    let e = e.into_error();
+                    if e.is_user() {
+                        return Attempt::ClientBody(e.to_string());
+                    }
                     return Attempt::Lost(format!(
-                        "backend {} failed before answering: {}",
-                        backend.name,
-                        e.into_error()
+                        "backend {} failed before answering: {e}",
+                        backend.name
                     ));
                 }
             },

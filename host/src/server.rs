@@ -14,7 +14,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -65,16 +69,32 @@ struct Active {
     max_connections: usize,
 }
 
+/// A listener's identity across reloads: its address, and which of the
+/// listeners with that address it is (port 0 may appear several times).
+type Key = (SocketAddr, usize);
+
+fn keyed(specs: &[ListenerSpec]) -> Vec<(Key, &ListenerSpec)> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let nth = specs[..i].iter().filter(|s| s.addr == spec.addr).count();
+            ((spec.addr, nth), spec)
+        })
+        .collect()
+}
+
 /// Listeners freshly bound for a config that is not in service yet.
-pub struct Bound(Vec<(SocketAddr, TcpListener)>);
+pub struct Bound(Vec<(Key, TcpListener)>);
 
 /// [`Listeners`] is the set of proxy listeners, keyed by their configured
 /// address.
 pub struct Listeners {
     proxy: Arc<Proxy>,
     builder: Arc<ArcSwap<auto::Builder<TokioExecutor>>>,
+    idle_timeout: Arc<ArcSwap<Duration>>,
     graceful: Arc<GracefulShutdown>,
-    active: HashMap<SocketAddr, Active>,
+    active: HashMap<Key, Active>,
 }
 
 impl Listeners {
@@ -83,6 +103,7 @@ impl Listeners {
         Listeners {
             proxy,
             builder: Arc::new(ArcSwap::from_pointee(builder(limits))),
+            idle_timeout: Arc::new(ArcSwap::from_pointee(limits.client_idle_timeout)),
             graceful: Arc::new(GracefulShutdown::new()),
             active: HashMap::new(),
         }
@@ -92,9 +113,9 @@ impl Listeners {
     /// for clients until [`Listeners::commit`]; on error nothing stays bound.
     pub async fn bind_missing(&self, specs: &[ListenerSpec]) -> anyhow::Result<Bound> {
         let mut bound = Vec::new();
-        for spec in specs {
-            if !self.active.contains_key(&spec.addr) {
-                bound.push((spec.addr, bind(spec.addr).await?));
+        for (key, spec) in keyed(specs) {
+            if !self.active.contains_key(&key) {
+                bound.push((key, bind(spec.addr).await?));
             }
         }
         Ok(Bound(bound))
@@ -105,9 +126,13 @@ impl Listeners {
     /// connections finish normally).
     pub fn commit(&mut self, bound: Bound, specs: &[ListenerSpec], limits: &ClientLimits) {
         self.builder.store(Arc::new(builder(limits)));
-        let spec_of = |addr: SocketAddr| specs.iter().find(|s| s.addr == addr);
-        for (addr, listener) in bound.0 {
-            let Some(spec) = spec_of(addr) else { continue };
+        self.idle_timeout
+            .store(Arc::new(limits.client_idle_timeout));
+        let keyed = keyed(specs);
+        let spec_of = |key: &Key| keyed.iter().find(|(k, _)| k == key).map(|(_, s)| *s);
+        for (key, listener) in bound.0 {
+            let Some(spec) = spec_of(&key) else { continue };
+            let addr = key.0;
             let scheme = if spec.tls.is_some() { "https" } else { "http" };
             match listener.local_addr() {
                 Ok(local) => tracing::info!("listening on {scheme}://{local}"),
@@ -121,6 +146,7 @@ impl Listeners {
                 Accepting {
                     proxy: self.proxy.clone(),
                     builder: self.builder.clone(),
+                    idle_timeout: self.idle_timeout.clone(),
                     graceful: self.graceful.clone(),
                     tls: tls.clone(),
                     permits: permits.clone(),
@@ -128,7 +154,7 @@ impl Listeners {
                 stopped,
             ));
             self.active.insert(
-                addr,
+                key,
                 Active {
                     stop,
                     task,
@@ -138,8 +164,8 @@ impl Listeners {
                 },
             );
         }
-        for (addr, active) in &mut self.active {
-            let Some(spec) = spec_of(*addr) else { continue };
+        for (key, active) in &mut self.active {
+            let Some(spec) = spec_of(key) else { continue };
             active
                 .tls
                 .store(spec.tls.clone().map(|c| Arc::new(TlsAcceptor::from(c))));
@@ -161,16 +187,16 @@ impl Listeners {
             }
             active.max_connections = new;
         }
-        let gone: Vec<SocketAddr> = self
+        let gone: Vec<Key> = self
             .active
             .keys()
-            .filter(|a| spec_of(**a).is_none())
+            .filter(|k| spec_of(k).is_none())
             .copied()
             .collect();
-        for addr in gone {
-            if let Some(a) = self.active.remove(&addr) {
+        for key in gone {
+            if let Some(a) = self.active.remove(&key) {
                 let _ = a.stop.send(true);
-                tracing::info!("no longer listening on {addr}");
+                tracing::info!("no longer listening on {}", key.0);
             }
         }
     }
@@ -199,6 +225,7 @@ impl Listeners {
 struct Accepting {
     proxy: Arc<Proxy>,
     builder: Arc<ArcSwap<auto::Builder<TokioExecutor>>>,
+    idle_timeout: Arc<ArcSwap<Duration>>,
     graceful: Arc<GracefulShutdown>,
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
     permits: Arc<Semaphore>,
@@ -233,6 +260,7 @@ async fn accept_loop(listener: TcpListener, a: Accepting, mut stop: watch::Recei
             builder: a.builder.load_full(),
             watcher: a.graceful.watcher(),
             peer,
+            idle_timeout: *a.idle_timeout.load_full(),
         };
         let tls = a.tls.load_full();
         tokio::spawn(async move {
@@ -251,6 +279,7 @@ struct Conn {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     peer: SocketAddr,
+    idle_timeout: Duration,
 }
 
 impl Conn {
@@ -273,11 +302,87 @@ impl Conn {
             builder,
             watcher,
             peer,
+            idle_timeout,
         } = self;
         let service = service_fn(move |req| proxy.clone().handle(req, peer, https));
+        // hyper-util reads the first bytes itself to tell HTTP/1 from h2,
+        // with no timeout: bound that wait, or an idle client would hold
+        // the connection forever.
+        let io = FirstByteTimeout::new(io, idle_timeout);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(client = %peer, "connection ended: {e}");
         }
+    }
+}
+
+/// An IO whose reads fail with `TimedOut` if the first byte does not come
+/// within the timeout; after that it is the IO itself.
+struct FirstByteTimeout<I> {
+    io: I,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstByteTimeout<I> {
+    fn new(io: I, timeout: Duration) -> Self {
+        FirstByteTimeout {
+            io,
+            wait: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstByteTimeout<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.wait.is_some() {
+            match &polled {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.wait = None,
+                Poll::Pending => {
+                    if let Some(w) = self.wait.as_mut()
+                        && w.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteTimeout<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

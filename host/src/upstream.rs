@@ -47,6 +47,13 @@ impl BackendStats {
         self.checks_failing.store(failing, Ordering::Relaxed);
     }
 
+    /// Forgets passive failures: an active check that sees the backend come
+    /// back knows better than a mark set when it went away.
+    pub fn clear_failures(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        self.down_until_ns.store(0, Ordering::Relaxed);
+    }
+
     /// Whether active health checks have taken the backend out.
     pub fn check_failing(&self) -> bool {
         self.checks_failing.load(Ordering::Relaxed)

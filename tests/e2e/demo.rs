@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn four_curls_reach_at_least_two_backends() {
     let dir = TempDir::new("demo");

@@ -1,10 +1,12 @@
 //! Shared harness for the end-to-end tests: real backends on loopback, the
 //! real `switchyard` binary with a real config file, real HTTP clients.
 //!
-//! - [`Backend`]: an HTTP/1.1 server on 127.0.0.1 that answers with its
-//!   name, records what it received, and can be stopped and restarted on the
-//!   same port. `/delay/MS` answers after MS milliseconds; `/echo` streams
-//!   the request body back.
+//! - [`Backend`]: an HTTP/1.1 and h2c server on 127.0.0.1 that answers
+//!   with its name, records what it received, and can be stopped and
+//!   restarted on the same port. `/delay/MS` answers after MS milliseconds;
+//!   `/echo` streams the request body back; `/sha256` answers the SHA-256 of
+//!   the request body; `/bytes/N` streams N bytes of [`pattern`];
+//!   `/trailers` answers with a `grpc-status: 0` trailer.
 //! - [`Proxy`]: the binary started with a TOML config in a temp dir, killed
 //!   on drop; its log is kept for assertions.
 //! - [`client`] / [`get`]: a keep-alive HTTP client that treats any status as
@@ -80,7 +82,35 @@ impl Drop for TempDir {
 pub struct Seen {
     pub method: String,
     pub path: String,
+    pub version: http::Version,
     pub headers: BTreeMap<String, String>,
+}
+
+/// Byte `i` of the deterministic test pattern.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 7) as u8
+}
+
+/// A body of `len` pattern bytes, produced as it is read.
+pub struct PatternReader {
+    pub pos: u64,
+    pub len: u64,
+}
+
+impl std::io::Read for PatternReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len - self.pos).min(buf.len() as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(self.pos + i as u64);
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A test backend: see the module docs.
@@ -214,6 +244,7 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: path.clone(),
+        version: req.version(),
         headers: req
             .headers()
             .iter()
@@ -228,6 +259,35 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
     }
     let body = if path == "/echo" {
         req.into_body().boxed()
+    } else if path == "/sha256" {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        hasher.update(d);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        text(hex(&hasher.finalize()))
+    } else if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let chunks = futures_chunks(n);
+        http_body_util::StreamBody::new(chunks).boxed()
+    } else if path == "/trailers" {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = vec![
+            Ok(hyper::body::Frame::data(Bytes::from(name.to_string()))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        http_body_util::StreamBody::new(tokio_stream_iter(frames)).boxed()
     } else {
         text(name.to_string())
     };
@@ -237,12 +297,63 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
     resp
 }
 
+type Frames = std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, hyper::Error>>;
+
+/// A stream over prepared frames.
+fn tokio_stream_iter(
+    frames: Vec<Result<hyper::body::Frame<Bytes>, hyper::Error>>,
+) -> IterStream<Frames> {
+    IterStream(frames.into_iter())
+}
+
+/// `n` pattern bytes in 64 KiB frames, generated lazily.
+fn futures_chunks(n: u64) -> PatternStream {
+    PatternStream { pos: 0, len: n }
+}
+
+/// Adapts an iterator to a `Stream`.
+pub struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// Pattern bytes as a stream of frames.
+pub struct PatternStream {
+    pos: u64,
+    len: u64,
+}
+
+impl futures_core::Stream for PatternStream {
+    type Item = Result<hyper::body::Frame<Bytes>, hyper::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.pos >= self.len {
+            return std::task::Poll::Ready(None);
+        }
+        let n = (self.len - self.pos).min(64 * 1024);
+        let chunk: Vec<u8> = (self.pos..self.pos + n).map(pattern).collect();
+        self.pos += n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(chunk)))))
+    }
+}
+
 /// The running proxy binary.
 pub struct Proxy {
     child: Child,
     pub port: u16,
     /// The admin API's port, when the config has `[admin] listen = "127.0.0.1:{admin}"`.
     pub admin_port: Option<u16>,
+    /// The first TLS listener's port, if any.
+    pub tls_port: Option<u16>,
     pub dir: TempDir,
     pub config: PathBuf,
     log: PathBuf,
@@ -279,6 +390,7 @@ impl Proxy {
             child,
             port: 0,
             admin_port: None,
+            tls_port: None,
             dir,
             config: config_path,
             log,
@@ -297,6 +409,7 @@ impl Proxy {
             {
                 self.port = port;
                 self.admin_port = admin;
+                self.tls_port = port_after(&log, "listening on https://127.0.0.1:");
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -317,6 +430,14 @@ impl Proxy {
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `https://127.0.0.1:TLS_PORT` + `path`.
+    pub fn https_url(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}{path}",
+            self.tls_port.expect("no TLS listener")
+        )
     }
 
     /// `http://127.0.0.1:ADMIN_PORT` + `path`.
@@ -447,6 +568,33 @@ impl Load {
             t.join().unwrap();
         }
         self.outcomes.lock().unwrap().clone()
+    }
+}
+
+/// Fails the test with instructions if a Python module is missing.
+pub fn require_python(module: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 cannot import {module}: pip install -r tests/requirements.txt (as .ci/run does)"
+    );
+}
+
+/// The repository's top directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A child process killed on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
