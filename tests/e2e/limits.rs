@@ -138,3 +138,40 @@ fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
         started.elapsed()
     );
 }
+
+#[test]
+fn connections_over_the_listener_limit_wait_for_a_free_slot() {
+    let a = Backend::start("a");
+    let cfg = config(&a).replace(
+        "listen = \"127.0.0.1:{port}\"",
+        "listen = \"127.0.0.1:{port}\"\nmax-connections = 2",
+    );
+    let proxy = Proxy::start(&cfg);
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    };
+    let answered = |s: &mut TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 256];
+        matches!(s.read(&mut buf), Ok(n) if n > 0)
+    };
+    let mut first = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let mut second = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    ask(&mut first);
+    ask(&mut second);
+    assert!(answered(&mut first, Duration::from_secs(5)));
+    assert!(answered(&mut second, Duration::from_secs(5)));
+    // Both kept alive: a third connection is not served...
+    let mut third = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    ask(&mut third);
+    assert!(
+        !answered(&mut third, Duration::from_millis(500)),
+        "served past max-connections"
+    );
+    // ... until one of the first two goes away.
+    drop(first);
+    assert!(
+        answered(&mut third, Duration::from_secs(5)),
+        "not served after a slot freed up"
+    );
+}

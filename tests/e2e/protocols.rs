@@ -80,6 +80,52 @@ fn http2_and_http1_clients_get_their_protocol_on_plain_and_tls_listeners() {
     );
 }
 
+/// The subject curl reports for the proxy's certificate.
+fn subject(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", "-v", "-o", "/dev/null", url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.trim().strip_prefix("*  subject: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_reload_picks_up_a_renewed_certificate_on_the_same_socket() {
+    let a = Backend::start("a");
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{{admin}}\"\n{}",
+        tls_config(&[&a])
+    );
+    let proxy = Proxy::start_with(&config, self_signed);
+    let url = proxy.https_url("/");
+    assert!(
+        subject(&url).contains("rcgen self signed cert"),
+        "{}",
+        subject(&url)
+    );
+
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "switchyard renewed");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(proxy.dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(proxy.dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let r = post(&client(), &proxy.admin_url("/reload"), b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    // Same URL: the port-0 listener kept its socket; the new cert is served.
+    assert!(
+        subject(&url).contains("switchyard renewed"),
+        "{}",
+        subject(&url)
+    );
+}
+
 #[test]
 fn a_bad_certificate_is_refused_by_check_with_the_file() {
     let a = Backend::start("a");
