@@ -167,6 +167,7 @@ struct FileServer {
     client_idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
     forwarded: bool,
+    cache_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +349,8 @@ pub struct Config {
     pub forwarded: bool,
     /// Where the access log goes, if anywhere.
     pub access_log: Option<AccessLogConfig>,
+    /// Where precompiled policies are kept, if anywhere.
+    pub cache_dir: Option<PathBuf>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may finish after SIGTERM.
@@ -806,6 +809,11 @@ fn build(loc: &Locator<'_>, raw: FileConfig) -> Result<Config, ConfigError> {
         listeners,
         limits,
         forwarded: raw.server.forwarded,
+        cache_dir: match raw.server.cache_dir.as_deref() {
+            Some("off") | Some("") => None,
+            Some(dir) => Some(base.join(dir)),
+            None => default_cache_dir(),
+        },
         access_log,
         trusted_proxies,
         shutdown_grace,
@@ -1073,6 +1081,22 @@ fn parse_status_range(s: &str) -> Option<(u16, u16)> {
         }
     };
     (valid(lo) && valid(hi) && lo <= hi).then_some((lo, hi))
+}
+
+/// `$SWITCHYARD_CACHE_DIR`, else `$XDG_CACHE_HOME/switchyard/policies`, else
+/// `~/.cache/switchyard/policies`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = env("SWITCHYARD_CACHE_DIR") {
+        return (dir.as_os_str() != "off").then_some(dir);
+    }
+    env("XDG_CACHE_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".cache")))
+        .map(|c| c.join("switchyard").join("policies"))
 }
 
 /// Resolves `host:port` once, at load time (no DNS on the request path).

@@ -22,6 +22,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod authoring;
 pub mod body;
 pub mod config;
 pub mod demo;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::app::{self, App};
+use switchyard::authoring;
 use switchyard::config::Config;
 use switchyard::demo;
 use switchyard::policy::builtin;
@@ -60,6 +61,45 @@ enum Command {
         /// Write each built-in policy to DIR/NAME.wasm.
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
+    },
+    /// Tools for writing policies.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Start a policy project: a canary policy with a build.sh.
+    New {
+        /// rust, python, js, c or wat.
+        #[arg(long)]
+        lang: String,
+        /// The directory to create.
+        dir: PathBuf,
+    },
+    /// Make a policy component from a core module or WebAssembly text.
+    Componentize {
+        /// A .wasm core module or a .wat file.
+        input: PathBuf,
+        /// The component to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Write the policy contract's WIT files into DIR.
+    Wit {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+    /// Write bindings for the policy contract into DIR.
+    Bindings {
+        /// Only c so far (Rust has the SDK, Python and JavaScript generate
+        /// their own).
+        #[arg(long)]
+        lang: String,
+        /// Where to write them.
+        dir: PathBuf,
     },
 }
 
@@ -145,7 +185,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { action } => policy(action),
     }
+}
+
+fn policy(action: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match action {
+        PolicyCommand::New { lang, dir } => {
+            let made = authoring::new_policy(&lang, &dir)?;
+            for f in made {
+                println!("{}", f.display());
+            }
+            println!("next: cd {} && ./build.sh", dir.display());
+        }
+        PolicyCommand::Componentize { input, output } => {
+            let bytes = std::fs::read(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let component = authoring::componentize(&bytes).with_context(|| {
+                format!("{} cannot be made a policy component", input.display())
+            })?;
+            std::fs::write(&output, &component)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!("{}: {} bytes", output.display(), component.len());
+        }
+        PolicyCommand::Wit { dir } => authoring::write_wit(&dir)?,
+        PolicyCommand::Bindings { lang, dir } => {
+            if lang != "c" {
+                anyhow::bail!("bindings for {lang:?}: only c is generated here");
+            }
+            authoring::c_bindings(&dir)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {

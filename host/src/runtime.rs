@@ -45,14 +45,22 @@ fn load_policy(
     up: &UpstreamConfig,
     backends: &[Backend],
 ) -> Result<WasmPolicy, LoadError> {
+    let started = std::time::Instant::now();
     let compiled = app.engine.compile(&up.policy)?;
-    WasmPolicy::load(
+    let policy = WasmPolicy::load(
         &app.engine,
         compiled,
         up,
         app.states.get(&up.name),
         &states(backends, &[]),
-    )
+    )?;
+    tracing::info!(
+        upstream = %up.name,
+        "policy {} loaded in {:.1} ms",
+        up.policy,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(policy)
 }
 
 impl Runtime {
@@ -61,6 +69,7 @@ impl Runtime {
     pub fn build(config: Config, app: &App, generation: u64) -> Result<Runtime, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
+        app.engine.set_cache_dir(config.cache_dir.clone());
         for up in &config.upstreams {
             let backends = app.backends.backends(up, &app.metrics);
             match load_policy(app, up, &backends) {

@@ -66,7 +66,7 @@ fn a_non_loopback_admin_address_is_refused_unless_allowed() {
         "refused.toml",
         format!("[admin]\nlisten = \"0.0.0.0:9901\"\n\n{base}"),
     );
-    let out = std::process::Command::new(BIN)
+    let out = sy()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -82,7 +82,7 @@ fn a_non_loopback_admin_address_is_refused_unless_allowed() {
         "allowed.toml",
         format!("[admin]\nlisten = \"0.0.0.0:9901\"\nallow-remote = true\n\n{base}"),
     );
-    let out = std::process::Command::new(BIN)
+    let out = sy()
         .args(["check", "--config"])
         .arg(&path)
         .output()

@@ -174,7 +174,7 @@ fn two_proxies_with_the_same_config_agree_on_cookies() {
 #[test]
 fn a_policy_file_behaves_like_the_builtin() {
     let dir = TempDir::new("export");
-    let out = std::process::Command::new(BIN)
+    let out = sy()
         .args(["policies", "--export"])
         .arg(dir.path())
         .output()
@@ -221,10 +221,7 @@ fn a_policy_file_behaves_like_the_builtin() {
 
 #[test]
 fn policies_lists_the_builtins() {
-    let out = std::process::Command::new(BIN)
-        .arg("policies")
-        .output()
-        .unwrap();
+    let out = sy().arg("policies").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for name in ["round-robin", "weighted", "sticky-session"] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{text}");

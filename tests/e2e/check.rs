@@ -1,8 +1,6 @@
 //! `switchyard check`: a good config passes; each kind of broken config is
 //! refused with the file, the line and the reason, like `nginx -t`.
 
-use std::process::Command;
-
 use crate::common::*;
 
 const GOOD: &str = r#"[server]
@@ -29,7 +27,7 @@ fn check_with(config: &str, prepare: impl FnOnce(&TempDir)) -> (bool, String, St
     let dir = TempDir::new("check");
     prepare(&dir);
     let path = dir.write("switchyard.toml", config);
-    let out = Command::new(BIN)
+    let out = sy()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -192,11 +190,7 @@ fn run_refuses_a_broken_config_the_same_way() {
         "switchyard.toml",
         GOOD.replace("upstream = \"app\"", "upstream = \"api\""),
     );
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = sy().args(["run", "--config"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:16:", path.display())), "{err}");

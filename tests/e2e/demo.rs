@@ -12,8 +12,7 @@ fn four_curls_reach_at_least_two_backends() {
     let dir = TempDir::new("demo");
     let log = dir.path().join("demo.log");
     let _demo = Killed(
-        Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0"])
+        sy().args(["demo", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

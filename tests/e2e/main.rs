@@ -12,6 +12,7 @@ mod failures;
 mod flask;
 mod forwarding;
 mod hot_swap;
+mod languages;
 mod lifecycle;
 mod limits;
 mod protocols;

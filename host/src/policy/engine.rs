@@ -1,10 +1,21 @@
-//! The wasmtime engine and linker shared by every policy, the epoch ticker
+//! The wasmtime engine and linkers shared by every policy, the epoch ticker
 //! that enforces deadlines, and compiling a policy source into something
-//! ready to instantiate (cached by content, so a reload or a swap back to a
-//! file seen before costs no compilation).
+//! ready to instantiate.
+//!
+//! Compiled code is cached twice, both keyed by the component's SHA-256:
+//! in memory (a reload or a swap back to a file seen before costs nothing)
+//! and, when a cache directory is set, on disk as wasmtime's precompiled
+//! form (a Python or JavaScript policy takes ~10 s to compile, and loads in
+//! milliseconds from there). A disk entry is also keyed by the engine's
+//! compatibility hash and carries an xxh3 checksum, so a corrupt, truncated
+//! or foreign file is ignored and rebuilt, never loaded. The directory must
+//! be writable by the proxy alone: what is in it is run as native code.
 
 use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -16,11 +27,11 @@ use super::sandbox::Ticker;
 use super::{LoadError, builtin, describe};
 use crate::config::PolicySource;
 
-/// Compiled components kept for reuse, by content digest.
+/// Compiled components kept in memory, by content digest.
 const CACHE_ENTRIES: usize = 32;
 
 /// Recently compiled components by content digest, most recent last.
-type CompileCache = Mutex<VecDeque<([u8; 32], PolicyWorldPre<HostState>)>>;
+type CompileCache = Mutex<VecDeque<([u8; 32], PolicyWorldPre<HostState>, bool)>>;
 
 /// How the engine runs policies.
 #[derive(Debug, Clone, Copy)]
@@ -41,9 +52,13 @@ impl Default for EngineOptions {
 #[derive(Clone)]
 pub struct PolicyEngine {
     engine: Engine,
+    /// The policy host functions and nothing else.
     linker: Arc<Linker<HostState>>,
+    /// The same plus an empty WASI, for components that import WASI.
+    wasi_linker: Arc<Linker<HostState>>,
     ticker: Option<Ticker>,
     cache: Arc<CompileCache>,
+    disk: Arc<Mutex<Option<PathBuf>>>,
 }
 
 /// A compiled policy, ready to instantiate any number of times.
@@ -55,6 +70,8 @@ pub struct Compiled {
     pub size: usize,
     /// SHA-256 of the component, hex.
     pub digest: String,
+    /// Whether it imports WASI (interpreted guests do).
+    pub wasi: bool,
     pub(crate) pre: PolicyWorldPre<HostState>,
 }
 
@@ -78,9 +95,7 @@ impl PolicyEngine {
         PolicyEngine::with_options(EngineOptions::default())
     }
 
-    /// An engine with the policy host functions linked in, and nothing else:
-    /// no WASI, so a policy has no files, network, clock or environment
-    /// beyond what `host.wit` offers.
+    /// An engine with the policy host functions linked in.
     pub fn with_options(options: EngineOptions) -> Result<Self, wasmtime::Error> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
@@ -90,6 +105,8 @@ impl PolicyEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let mut wasi_linker = linker.clone();
+        wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)?;
         let ticker =
             if options.deadlines {
                 Some(Ticker::start(engine.clone()).map_err(|e| {
@@ -101,8 +118,10 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             engine,
             linker: Arc::new(linker),
+            wasi_linker: Arc::new(wasi_linker),
             ticker,
             cache: Arc::default(),
+            disk: Arc::default(),
         })
     }
 
@@ -114,6 +133,11 @@ impl PolicyEngine {
     /// The ticker, when deadlines are enforced.
     pub(crate) fn ticker(&self) -> Option<&Ticker> {
         self.ticker.as_ref()
+    }
+
+    /// Where precompiled components are kept (`None`: nowhere).
+    pub fn set_cache_dir(&self, dir: Option<PathBuf>) {
+        *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = dir;
     }
 
     /// Reads (for files) and compiles a policy, and checks that it fits the
@@ -139,14 +163,15 @@ impl PolicyEngine {
     pub fn compile_bytes(&self, source: PolicySource, bytes: &[u8]) -> Result<Compiled, LoadError> {
         let what = source.to_string();
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        let compiled = |pre| Compiled {
+        let compiled = |pre, wasi| Compiled {
             source: source.clone(),
             size: bytes.len(),
             digest: hex(&digest),
+            wasi,
             pre,
         };
-        if let Some(pre) = self.cached(&digest) {
-            return Ok(compiled(pre));
+        if let Some((pre, wasi)) = self.cached(&digest) {
+            return Ok(compiled(pre, wasi));
         }
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(LoadError::NotWasm(what));
@@ -154,13 +179,17 @@ impl PolicyEngine {
         if bytes[6..8] == [0, 0] {
             return Err(LoadError::CoreModule(what));
         }
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Compile {
-                what: what.clone(),
-                reason: describe(&e),
-            })?;
-        let pre = self
-            .linker
+        let component = self.component(&what, &digest, bytes)?;
+        let wants_wasi = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:"));
+        let linker = if wants_wasi {
+            &self.wasi_linker
+        } else {
+            &self.linker
+        };
+        let pre = linker
             .instantiate_pre(&component)
             .and_then(PolicyWorldPre::new)
             .map_err(|e| LoadError::World {
@@ -171,17 +200,114 @@ impl PolicyEngine {
         if cache.len() >= CACHE_ENTRIES {
             cache.pop_front();
         }
-        cache.push_back((digest, pre.clone()));
-        Ok(compiled(pre))
+        cache.push_back((digest, pre.clone(), wants_wasi));
+        Ok(compiled(pre, wants_wasi))
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<PolicyWorldPre<HostState>> {
+    /// The component from the disk cache, or compiled (and then cached).
+    fn component(
+        &self,
+        what: &str,
+        digest: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
+        let dir = self.disk.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let entry = dir.as_ref().map(|d| self.cache_path(d, digest));
+        if let Some(path) = &entry
+            && let Some(c) = self.load_precompiled(path)
+        {
+            return Ok(c);
+        }
+        let started = Instant::now();
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Compile {
+                what: what.to_string(),
+                reason: describe(&e),
+            })?;
+        tracing::debug!("{what}: compiled in {:?}", started.elapsed());
+        if let Some(path) = &entry {
+            self.store_precompiled(path, &component);
+        }
+        Ok(component)
+    }
+
+    fn cache_path(&self, dir: &Path, digest: &[u8; 32]) -> PathBuf {
+        let mut h = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        dir.join(format!("{}-{:016x}.cwasm", hex(digest), h.finish()))
+    }
+
+    /// A precompiled component from `path`, if it exists, matches its
+    /// checksum and suits this engine.
+    fn load_precompiled(&self, path: &Path) -> Option<Component> {
+        let started = Instant::now();
+        let file = std::fs::File::open(path).ok()?;
+        // SAFETY: cache files are only ever replaced by rename, never
+        // written in place, so the mapped bytes cannot change under us.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let sum = std::fs::read_to_string(path.with_extension("xxh3")).ok()?;
+        if sum.trim() != format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&map)) {
+            tracing::warn!("ignoring corrupt policy cache entry {}", path.display());
+            return None;
+        }
+        drop(map);
+        // SAFETY: the file was written by `store_precompiled` with the
+        // checksum just verified, into a directory only this proxy writes;
+        // wasmtime itself refuses artifacts of another version or
+        // configuration. Mapping it avoids copying tens of megabytes.
+        match unsafe { Component::deserialize_file(&self.engine, path) } {
+            Ok(c) => {
+                tracing::debug!(
+                    "{}: loaded from the cache in {:?}",
+                    path.display(),
+                    started.elapsed()
+                );
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring policy cache entry {}: {}",
+                    path.display(),
+                    describe(&e)
+                );
+                None
+            }
+        }
+    }
+
+    /// Writes a precompiled component, atomically; failures only cost the
+    /// next start a compilation.
+    fn store_precompiled(&self, path: &Path, component: &Component) {
+        let write = || -> std::io::Result<()> {
+            let bytes = component
+                .serialize()
+                .map_err(|e| std::io::Error::other(describe(&e)))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::write(
+                path.with_extension("xxh3"),
+                format!("{:032x}\n", xxhash_rust::xxh3::xxh3_128(&bytes)),
+            )?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(
+                "cannot write the policy cache entry {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<(PolicyWorldPre<HostState>, bool)> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let i = cache.iter().position(|(d, _)| d == digest)?;
+        let i = cache.iter().position(|(d, _, _)| d == digest)?;
         // Most recently used last.
         let entry = cache.remove(i)?;
-        let pre = entry.1.clone();
+        let hit = (entry.1.clone(), entry.2);
         cache.push_back(entry);
-        Some(pre)
+        Some(hit)
     }
 }

@@ -29,6 +29,8 @@ pub struct HostState {
     pub memory_exceeded: bool,
     /// Deadline bookkeeping for the call in progress.
     pub deadline: DeadlineWatch,
+    /// WASI state, created on first use by a policy that imports WASI.
+    pub wasi: Option<wasmtime_wasi::WasiCtx>,
 }
 
 impl HostState {
@@ -42,6 +44,7 @@ impl HostState {
             memory_cap,
             memory_exceeded: false,
             deadline: DeadlineWatch::default(),
+            wasi: None,
         }
     }
 }

@@ -14,6 +14,7 @@ mod host_impl;
 mod plugin;
 mod sandbox;
 pub mod shared;
+mod wasi;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,6 +11,7 @@
 //! one probe every [`PROBE_INTERVAL`], and the first success heals it.
 
 use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -147,6 +148,15 @@ impl WasmPolicy {
     }
 
     fn instantiate(&self, shared: Arc<SharedState>) -> Result<Live, LoadError> {
+        catch_unwind(AssertUnwindSafe(|| self.instantiate_inner(shared))).unwrap_or_else(|panic| {
+            Err(LoadError::Trap {
+                what: self.name.clone(),
+                reason: format!("a host function panicked: {}", panic_message(&panic)),
+            })
+        })
+    }
+
+    fn instantiate_inner(&self, shared: Arc<SharedState>) -> Result<Live, LoadError> {
         let what = || self.name.clone();
         let mut store = Store::new(
             self.compiled.pre.engine(),
@@ -201,16 +211,30 @@ impl WasmPolicy {
             }));
         self.set_deadline(&mut live.store, ticks);
         std::mem::swap(&mut live.store.data_mut().request, req);
-        let result = live.world.switchyard_policy_selector().call_select(
-            &mut live.store,
-            Resource::new_borrow(0),
-            &live.scratch,
-        );
-        std::mem::swap(&mut live.store.data_mut().request, req);
+        let Live {
+            store,
+            world,
+            scratch,
+        } = live;
+        let call = || {
+            world.switchyard_policy_selector().call_select(
+                &mut *store,
+                Resource::new_borrow(0),
+                scratch,
+            )
+        };
+        // A panic in a host function must not lose the request head lent
+        // to the store.
+        let result = catch_unwind(AssertUnwindSafe(call));
+        std::mem::swap(&mut store.data_mut().request, req);
         match result {
-            Err(e) => Err(classify(&e, live.store.data().memory_exceeded)),
-            Ok(Err(message)) => Err(PolicyFailure::Error(message)),
-            Ok(Ok(decision)) => check(decision, states),
+            Err(panic) => Err(PolicyFailure::Trap(format!(
+                "a host function panicked: {}",
+                panic_message(&panic)
+            ))),
+            Ok(Err(e)) => Err(classify(&e, store.data().memory_exceeded)),
+            Ok(Ok(Err(message))) => Err(PolicyFailure::Error(message)),
+            Ok(Ok(Ok(decision))) => check(decision, states),
         }
     }
 
@@ -265,6 +289,21 @@ impl WasmPolicy {
     }
 }
 
+/// Whether this thread is a worker of a multi-threaded Tokio runtime, the
+/// only place `block_in_place` may (and must) be used.
+fn on_runtime_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Names what went wrong in a failed call.
 fn classify(err: &wasmtime::Error, memory_exceeded: bool) -> PolicyFailure {
     if memory_exceeded {
@@ -278,6 +317,31 @@ fn classify(err: &wasmtime::Error, memory_exceeded: bool) -> PolicyFailure {
 
 impl Policy for WasmPolicy {
     fn select(
+        &self,
+        req: &mut RequestView,
+        states: &[BackendState],
+    ) -> Result<Decision, PolicyFailure> {
+        // WASI's synchronous host functions block on Tokio, which a runtime
+        // worker may not do: step out of the worker for policies that
+        // import WASI (their instantiation too).
+        if self.compiled.wasi && on_runtime_worker() {
+            tokio::task::block_in_place(|| self.select_here(req, states))
+        } else {
+            self.select_here(req, states)
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn status(&self) -> PolicyStatus {
+        self.status_now()
+    }
+}
+
+impl WasmPolicy {
+    fn select_here(
         &self,
         req: &mut RequestView,
         states: &[BackendState],
@@ -311,14 +375,6 @@ impl Policy for WasmPolicy {
         }
         self.record(&result);
         result
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn status(&self) -> PolicyStatus {
-        self.status_now()
     }
 }
 

@@ -33,11 +33,13 @@
 extern crate self as switchyard_policy_sdk;
 
 mod config;
+mod hash;
 mod sticky;
 mod weighted;
 
 pub use config::Config;
-pub use sticky::{CookieRouter, cookie_token};
+pub use hash::{ConsistentHash, hash64};
+pub use sticky::{CookieRouter, CookieSpec, cookie_token};
 pub use weighted::{WeightedSchedule, smooth_weighted_sequence};
 
 /// Generated bindings for the `switchyard:policy` world.
@@ -101,16 +103,29 @@ impl Decision {
 /// healthy ones: round-robin over healthy backends when `n` is a shared
 /// counter. `None` when none is healthy.
 pub fn nth_healthy(backends: &[BackendState], n: u64) -> Option<usize> {
-    let healthy = backends.iter().filter(|b| b.healthy).count() as u64;
-    if healthy == 0 {
+    nth_where(backends, n, |_, b| b.healthy)
+}
+
+/// Index of the `n`-th backend (modulo their number) for which `keep(i,
+/// state)` holds: round-robin over any subset. `None` when none does.
+pub fn nth_where(
+    backends: &[BackendState],
+    n: u64,
+    keep: impl Fn(usize, &BackendState) -> bool,
+) -> Option<usize> {
+    let count = backends
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| keep(*i, b))
+        .count() as u64;
+    if count == 0 {
         return None;
     }
-    let k = (n % healthy) as usize;
     backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.healthy)
-        .nth(k)
+        .filter(|(i, b)| keep(*i, b))
+        .nth((n % count) as usize)
         .map(|(i, _)| i)
 }
 

@@ -8,6 +8,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::{Config, SameSite, SetCookie};
+
 /// The cookie value that names backend `name`.
 pub fn cookie_token(secret: Option<&str>, name: &str) -> String {
     let digest: [u8; 32] = match secret {
@@ -49,6 +51,98 @@ impl CookieRouter {
     /// The cookie value for backend `index`.
     pub fn token(&self, index: usize) -> &str {
         &self.tokens[index]
+    }
+}
+
+/// [`CookieSpec`] is how a policy's cookie is named and what attributes it
+/// carries, read from `policy-config`:
+///
+/// - `cookie`: the name (default given by the policy);
+/// - `path`: default `/`;
+/// - `max-age`: seconds, default none (a session cookie);
+/// - `secure`: `true`, `false` or `auto` (default: only over HTTPS);
+/// - `http-only`: default `true`;
+/// - `same-site`: `strict`, `lax` (default) or `none`.
+#[derive(Debug, Clone)]
+pub struct CookieSpec {
+    /// The cookie's name.
+    pub name: String,
+    path: String,
+    max_age: Option<u64>,
+    secure: Option<bool>,
+    http_only: bool,
+    same_site: SameSite,
+}
+
+impl CookieSpec {
+    /// The `policy-config` keys [`CookieSpec::from_config`] reads.
+    pub const KEYS: &'static [&'static str] = &[
+        "cookie",
+        "path",
+        "max-age",
+        "secure",
+        "http-only",
+        "same-site",
+    ];
+
+    /// Reads the keys above, with `default_name` when `cookie` is unset.
+    pub fn from_config(config: &Config, default_name: &str) -> Result<CookieSpec, String> {
+        let name = config.get("cookie").unwrap_or(default_name).to_string();
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !token(&name) {
+            return Err(format!(
+                "policy-config.cookie: {name:?} is not a valid cookie name"
+            ));
+        }
+        let path = config.get("path").unwrap_or("/").to_string();
+        if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+            return Err(format!("policy-config.path: {path:?} is not a cookie path"));
+        }
+        let secure = match config.get("secure").unwrap_or("auto") {
+            "auto" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                return Err(format!(
+                    "policy-config.secure: expected true, false or \"auto\", got {other}"
+                ));
+            }
+        };
+        let same_site = match config.get("same-site").unwrap_or("lax") {
+            "strict" => SameSite::Strict,
+            "lax" => SameSite::Lax,
+            "none" => SameSite::None,
+            other => {
+                return Err(format!(
+                    "policy-config.same-site: expected \"strict\", \"lax\" or \"none\", got {other:?}"
+                ));
+            }
+        };
+        Ok(CookieSpec {
+            name,
+            path,
+            max_age: config.parse("max-age")?,
+            secure,
+            http_only: config.parse_or("http-only", true)?,
+            same_site,
+        })
+    }
+
+    /// The cookie with `value`, for a request over HTTPS or not.
+    pub fn set(&self, value: &str, https: bool) -> SetCookie {
+        SetCookie {
+            name: self.name.clone(),
+            value: value.to_string(),
+            path: Some(self.path.clone()),
+            max_age: self.max_age,
+            http_only: self.http_only,
+            secure: self.secure.unwrap_or(https),
+            same_site: Some(self.same_site),
+        }
     }
 }
 

@@ -36,6 +36,19 @@ use tokio::sync::watch;
 /// The path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The policy cache every proxy of this test run shares (so a Python or
+/// JavaScript policy is compiled once per run, not once per test).
+pub fn shared_cache() -> PathBuf {
+    std::env::temp_dir().join(format!("switchyard-e2e-cache-{}", std::process::id()))
+}
+
+/// The binary under test, with the run's policy cache.
+pub fn sy() -> Command {
+    let mut c = Command::new(BIN);
+    c.env("SWITCHYARD_CACHE_DIR", shared_cache());
+    c
+}
+
 static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -378,7 +391,7 @@ impl Proxy {
         );
         let log = dir.0.join("proxy.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
+        let child = sy()
             .args(["run", "--config"])
             .arg(&config_path)
             .env("SWITCHYARD_LOG", "info,switchyard=debug")
@@ -615,7 +628,7 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Writes the built-in policies to `dir` (`NAME.wasm`) and returns their bytes
 /// by name.
 pub fn builtin_policies(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let out = Command::new(BIN)
+    let out = sy()
         .args(["policies", "--export"])
         .arg(dir)
         .output()

@@ -1,0 +1,387 @@
+//! Tools for policy authors, behind `switchyard policy ...`:
+//!
+//! - `new --lang L NAME`: a working canary policy to start from, in Rust,
+//!   Python, JavaScript, C or WAT, with a `build.sh` that makes `policy.wasm`;
+//! - `componentize IN -o OUT`: a core module (or WAT text) into a policy
+//!   component, with the `switchyard:policy` world embedded if the module
+//!   does not carry it, and a WASI adapter if it imports WASI preview 1;
+//! - `wit DIR`: the contract's WIT files;
+//! - `bindings --lang c DIR`: C bindings for the contract.
+//!
+//! The WIT and the templates are compiled into the binary, so these work
+//! anywhere, offline, and always match the proxy that will run the policy.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The contract, as shipped in `wit/`.
+pub const WIT: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../wit/types.wit")),
+    ("host.wit", include_str!("../../wit/host.wit")),
+    ("selector.wit", include_str!("../../wit/selector.wit")),
+    ("world.wit", include_str!("../../wit/world.wit")),
+];
+
+/// A template file: path in the new project, contents.
+type File = (&'static str, &'static str);
+
+const COMMON: &[File] = &[(
+    ".gitignore",
+    "/wit/\n/policy.wasm\n/target/\n/node_modules/\n/gen/\n*.o\ncore.wasm\n",
+)];
+
+const RUST: &[File] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../plugins/examples/rust/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../plugins/examples/rust/src/lib.rs"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../plugins/examples/rust/build.sh"),
+    ),
+    (
+        "README.md",
+        include_str!("../../plugins/examples/rust/README.md"),
+    ),
+    (
+        "sdk/Cargo.toml",
+        include_str!("../../plugins/sdk/Cargo.toml"),
+    ),
+    (
+        "sdk/src/lib.rs",
+        include_str!("../../plugins/sdk/src/lib.rs"),
+    ),
+    (
+        "sdk/src/config.rs",
+        include_str!("../../plugins/sdk/src/config.rs"),
+    ),
+    (
+        "sdk/src/sticky.rs",
+        include_str!("../../plugins/sdk/src/sticky.rs"),
+    ),
+    (
+        "sdk/src/weighted.rs",
+        include_str!("../../plugins/sdk/src/weighted.rs"),
+    ),
+    (
+        "sdk/src/hash.rs",
+        include_str!("../../plugins/sdk/src/hash.rs"),
+    ),
+];
+
+const PYTHON: &[File] = &[
+    (
+        "app.py",
+        include_str!("../../plugins/examples/python/app.py"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../plugins/examples/python/build.sh"),
+    ),
+    (
+        "README.md",
+        include_str!("../../plugins/examples/python/README.md"),
+    ),
+];
+
+const JS: &[File] = &[
+    (
+        "policy.js",
+        include_str!("../../plugins/examples/js/policy.js"),
+    ),
+    (
+        "build.mjs",
+        include_str!("../../plugins/examples/js/build.mjs"),
+    ),
+    (
+        "package.json",
+        include_str!("../../plugins/examples/js/package.json"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../plugins/examples/js/build.sh"),
+    ),
+    (
+        "README.md",
+        include_str!("../../plugins/examples/js/README.md"),
+    ),
+];
+
+const C: &[File] = &[
+    (
+        "policy.c",
+        include_str!("../../plugins/examples/c/policy.c"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../plugins/examples/c/build.sh"),
+    ),
+    (
+        "README.md",
+        include_str!("../../plugins/examples/c/README.md"),
+    ),
+];
+
+const WAT: &[File] = &[
+    (
+        "policy.wat",
+        include_str!("../../plugins/examples/wat/policy.wat"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../plugins/examples/wat/build.sh"),
+    ),
+    (
+        "README.md",
+        include_str!("../../plugins/examples/wat/README.md"),
+    ),
+];
+
+/// The languages `policy new` knows.
+pub const LANGUAGES: &[&str] = &["rust", "python", "js", "c", "wat"];
+
+/// Writes the WIT files into `dir`.
+pub fn write_wit(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in WIT {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Scaffolds a new policy project `dir` in `lang`; returns the files made.
+pub fn new_policy(lang: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let files = match lang {
+        "rust" => RUST,
+        "python" => PYTHON,
+        "js" | "javascript" => JS,
+        "c" => C,
+        "wat" => WAT,
+        other => bail!(
+            "no template for {other:?} (languages: {})",
+            LANGUAGES.join(", ")
+        ),
+    };
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!("{} exists and is not empty", dir.display());
+    }
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the new policy needs a directory name")?;
+    let crate_name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut made = Vec::new();
+    for (path, text) in COMMON.iter().chain(files) {
+        let text = match *path {
+            // Standalone: its own workspace, the SDK next to it.
+            "Cargo.toml" => text
+                .replace(
+                    "name = \"canary-policy\"",
+                    &format!("name = \"{crate_name}\""),
+                )
+                .replace("path = \"../../sdk\"", "path = \"sdk\""),
+            // The SDK's bindings find the WIT beside the project.
+            "sdk/src/lib.rs" => text.replace("path: \"../../wit\"", "path: \"../wit\""),
+            "sdk/Cargo.toml" => sdk_manifest(text),
+            "build.sh" => text.replace("canary_policy", &crate_name.replace('-', "_")),
+            _ => text.to_string(),
+        };
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        if path.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+        }
+        made.push(target);
+    }
+    write_wit(&dir.join("wit"))?;
+    Ok(made)
+}
+
+/// The SDK's manifest without the workspace inheritance it has in the repo.
+fn sdk_manifest(text: &str) -> String {
+    // `rust-version.workspace` first: it contains `version.workspace`.
+    text.replace("rust-version.workspace = true", "rust-version = \"1.88\"")
+        .replace("version.workspace = true", "version = \"0.1.0\"")
+        .replace("edition.workspace = true", "edition = \"2024\"")
+        .replace("license.workspace = true", "license = \"Apache-2.0\"")
+        .replace(
+            "wit-bindgen.workspace = true",
+            "wit-bindgen = { version = \"0.63.0\", default-features = false, features = [\"macros\", \"realloc\"] }",
+        )
+}
+
+/// The contract parsed for `wit-component` (wit-parser 0.263).
+fn resolve() -> anyhow::Result<(wit_parser::Resolve, wit_parser::WorldId)> {
+    let mut map = wit_parser::SourceMap::new();
+    for (name, text) in WIT {
+        map.push(Path::new(name), *text);
+    }
+    let group = map.parse().map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+    let mut resolve = wit_parser::Resolve::default();
+    let pkg = resolve.push_group(group)?;
+    let world = resolve.select_world(&[pkg], Some("policy"))?;
+    Ok((resolve, world))
+}
+
+/// Turns a core module (binary or WAT text) into a policy component.
+pub fn componentize(input: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut module = wat::parse_bytes(input)
+        .context("not a WebAssembly module (binary or text)")?
+        .into_owned();
+    if module.len() >= 8 && module[4..8] == [0x0d, 0x00, 0x01, 0x00] {
+        bail!("this is already a component");
+    }
+    let has_world = wasmparser_custom_section(&module, "component-type");
+    if !has_world {
+        let (resolve, world) = resolve()?;
+        wit_component::embed_component_metadata(
+            &mut module,
+            &resolve,
+            world,
+            wit_component::StringEncoding::UTF8,
+            false,
+        )?;
+    }
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder.validate(true).module(&module)?;
+    if imports_wasi_preview1(&module) {
+        encoder.adapter(
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?;
+    }
+    encoder.encode()
+}
+
+/// Whether a core module has a custom section whose name starts with
+/// `prefix` (wit-bindgen names it `component-type:...`).
+fn wasmparser_custom_section(module: &[u8], prefix: &str) -> bool {
+    custom_sections(module).any(|name| name.starts_with(prefix))
+}
+
+fn imports_wasi_preview1(module: &[u8]) -> bool {
+    // A cheap scan is enough: the import module name appears in the binary.
+    module
+        .windows(b"wasi_snapshot_preview1".len())
+        .any(|w| w == b"wasi_snapshot_preview1")
+}
+
+/// Names of a core module's custom sections.
+fn custom_sections(module: &[u8]) -> impl Iterator<Item = String> + '_ {
+    let mut pos = 8;
+    std::iter::from_fn(move || {
+        while pos < module.len() {
+            let id = module[pos];
+            pos += 1;
+            let (size, n) = leb128(&module[pos..])?;
+            pos += n;
+            let body = module.get(pos..pos + size as usize)?;
+            pos += size as usize;
+            if id == 0 {
+                let (len, n) = leb128(body)?;
+                let name = body.get(n..n + len as usize)?;
+                return Some(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        None
+    })
+}
+
+fn leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Writes C bindings (`policy.h`, `policy.c`, `policy_component_type.o`)
+/// into `dir`.
+pub fn c_bindings(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    use wit_bindgen_core::wit_parser as wp;
+    let mut map = wp::SourceMap::new();
+    for (name, text) in WIT {
+        map.push(Path::new(name), *text);
+    }
+    let group = map.parse().map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+    let mut resolve = wp::Resolve::default();
+    let pkg = resolve.push_group(group)?;
+    let world = resolve.select_world(&[pkg], Some("policy"))?;
+    let mut files = wit_bindgen_core::Files::default();
+    // Borrowed handles (the request) are dropped by the bindings.
+    let opts = wit_bindgen_c::Opts {
+        autodrop_borrows: wit_bindgen_c::Enabled::Yes,
+        ..Default::default()
+    };
+    opts.build().generate(&mut resolve, world, &mut files)?;
+    std::fs::create_dir_all(dir)?;
+    let mut made = Vec::new();
+    for (name, bytes) in files.iter() {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        made.push(path);
+    }
+    Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_wit_parses() {
+        resolve().unwrap();
+    }
+
+    #[test]
+    fn wat_without_metadata_becomes_a_component() {
+        let wat = r#"(module
+            (memory (export "memory") 1)
+            (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+            (func (export "switchyard:policy/selector@0.1.0#configure") (param i32 i32 i32 i32) (result i32) (i32.const 64))
+            (func (export "switchyard:policy/selector@0.1.0#select") (param i32 i32 i32) (result i32) unreachable))"#;
+        let component = componentize(wat.as_bytes()).unwrap();
+        assert_eq!(&component[..8], b"\0asm\x0d\x00\x01\x00");
+    }
+
+    #[test]
+    fn components_and_junk_are_refused() {
+        assert!(componentize(b"\0asm\x0d\x00\x01\x00").is_err());
+        assert!(componentize(b"not wasm").is_err());
+    }
+
+    #[test]
+    fn c_bindings_are_generated() {
+        let dir = std::env::temp_dir().join(format!("sy-cbind-{}", std::process::id()));
+        let made = c_bindings(&dir).unwrap();
+        let names: Vec<String> = made
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"policy.h".to_string()), "{names:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
