@@ -26,8 +26,36 @@
 //! ```
 //!
 //! Build it for `wasm32-unknown-unknown` and turn the core module into a
-//! component (`wasm-tools component new`, or the `wit-component` crate); the
-//! result imports nothing but the proxy's own interfaces.
+//! component with `switchyard policy componentize` (or `wasm-tools
+//! component new`); the result imports nothing but the proxy's own
+//! interfaces. `switchyard policy new --lang rust NAME` sets all of that up.
+//!
+//! # What is here
+//!
+//! - [`Policy`] and [`export_policy!`]: the policy itself.
+//! - [`Config`]: the `policy-config` table, with typed reads and a check
+//!   for unknown keys.
+//! - Choosing: [`nth_healthy`] and [`nth_where`] (round-robin over healthy
+//!   backends, or any subset, from a shared [`Counter`]),
+//!   [`WeightedSchedule`] (nginx's smooth weighted round-robin),
+//!   [`ConsistentHash`] (weighted rendezvous hashing of a key such as the
+//!   client address), [`healthy_mask`] and [`first_healthy`].
+//! - Sticky sessions: [`CookieRouter`] (cookie values every proxy agrees
+//!   on) and [`CookieSpec`] (the cookie's name and attributes from
+//!   `policy-config`).
+//! - Host state and services: [`Counter`], [`kv_get`], [`kv_set`],
+//!   [`kv_delete`], [`random_u64`], [`now_ns`], [`log`].
+//!
+//! # Instances and state
+//!
+//! The proxy runs one instance of the policy per worker thread and may
+//! replace an instance at any time (after a trap, on a hot swap, on a
+//! reload); each new instance gets its own [`Policy::configure`]. Keep in
+//! `self` only what `configure` can rebuild; put what must be shared or
+//! survive in a [`Counter`] or the key-value store, which the proxy keeps
+//! per upstream group.
+
+#![warn(missing_docs)]
 
 // The generated bindings name this crate by its public path.
 extern crate self as switchyard_policy_sdk;
