@@ -5,16 +5,41 @@
 //! `server.trusted-proxies`; from anyone else they are replaced, so a client
 //! cannot pose as another address.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A client connection's address, with its header form made once per
+/// connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// Its IP address as a header value.
+    pub ip_value: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip_value = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip_value }
+    }
+
+    /// The peer's IP address.
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+}
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
@@ -53,7 +78,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
 /// ones (RFC 9110 §7.6.1, plus `Proxy-Connection` and the proxy auth
 /// headers meant for this hop). `TE: trailers` is kept.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    let listed: SmallVec<[HeaderName; 4]> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -85,21 +110,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` on a request going to a
 /// backend. `peer` is the TCP peer; `host` the `Host` the client asked for.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, https: bool) {
-    let peer_text = peer.to_string();
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted_peer: bool, https: bool) {
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) if trusted_peer => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + peer_text.len());
+            let mut joined = Vec::with_capacity(prev.len() + 2 + peer.ip_value.len());
             joined.extend_from_slice(prev.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer_text.as_bytes());
+            joined.extend_from_slice(peer.ip_value.as_bytes());
             HeaderValue::from_bytes(&joined).ok()
         }
         _ => None,
     };
-    let xff = xff.unwrap_or_else(|| {
-        HeaderValue::from_str(&peer_text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-    });
+    let xff = xff.unwrap_or_else(|| peer.ip_value.clone());
     // A repeated header from a trusted peer has been folded into `prev`
     // only if it was a single line; keep it simple and authoritative.
     headers.insert(&X_FORWARDED_FOR, xff);
@@ -173,6 +195,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn peer(s: &str) -> Peer {
+        Peer::new(SocketAddr::new(ip(s), 5000))
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -191,7 +217,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("host", "a.example"),
         ]);
-        set_forwarded(&mut h, ip("127.0.0.1"), false, false);
+        set_forwarded(&mut h, &peer("127.0.0.1"), false, false);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
@@ -217,7 +243,7 @@ mod tests {
             ip("203.0.113.9")
         );
         let mut h = incoming.clone();
-        set_forwarded(&mut h, ip("10.0.0.2"), true, false);
+        set_forwarded(&mut h, &peer("10.0.0.2"), true, false);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

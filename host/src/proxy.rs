@@ -19,7 +19,6 @@
 //!    turns the two connections into a tunnel until either side closes.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,7 +34,7 @@ use smallvec::SmallVec;
 
 use crate::access_log::Entry;
 use crate::body::{Completion, ProxyBody, RequestBody};
-use crate::headers::{client_ip, is_trusted, remove_hop_by_hop, set_forwarded, set_rfc7239};
+use crate::headers::{Peer, client_ip, is_trusted, remove_hop_by_hop, set_forwarded, set_rfc7239};
 use crate::metrics::ByClass;
 use crate::policy::{RequestView, request_host};
 use crate::pool::{self, Sender};
@@ -151,7 +150,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         https: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let runtime = self.runtime.load_full();
@@ -194,7 +193,7 @@ impl Proxy {
         };
 
         let upgrade = take_upgrade(&mut parts);
-        prepare(&mut parts, peer, &runtime, https);
+        prepare(&mut parts, &peer, &runtime, https);
         if let Some((protocol, _)) = &upgrade {
             parts
                 .headers
@@ -277,7 +276,7 @@ fn take_upgrade(parts: &mut http::request::Parts) -> Option<(HeaderValue, OnUpgr
 
 /// Makes the client's request head fit to go to a backend: `Host` set,
 /// hop-by-hop headers out, forwarded headers in, origin-form URI, HTTP/1.1.
-fn prepare(parts: &mut http::request::Parts, peer: SocketAddr, rt: &Runtime, https: bool) {
+fn prepare(parts: &mut http::request::Parts, peer: &Peer, rt: &Runtime, https: bool) {
     if !parts.headers.contains_key(HOST)
         && let Some(host) = parts
             .uri
@@ -290,7 +289,7 @@ fn prepare(parts: &mut http::request::Parts, peer: SocketAddr, rt: &Runtime, htt
     // The client's `Expect: 100-continue` was answered by this proxy.
     parts.headers.remove(EXPECT);
     let trusted = is_trusted(&rt.config.trusted_proxies, peer.ip());
-    set_forwarded(&mut parts.headers, peer.ip(), trusted, https);
+    set_forwarded(&mut parts.headers, peer, trusted, https);
     if rt.config.forwarded {
         set_rfc7239(&mut parts.headers, peer.ip(), trusted, https);
     }

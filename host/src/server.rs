@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
+use crate::headers::Peer;
 use crate::proxy::Proxy;
 
 /// Binds `addr`, naming it in the error.
@@ -304,7 +305,8 @@ impl Conn {
             peer,
             idle_timeout,
         } = self;
-        let service = service_fn(move |req| proxy.clone().handle(req, peer, https));
+        let client = Peer::new(peer);
+        let service = service_fn(move |req| proxy.clone().handle(req, client.clone(), https));
         // hyper-util reads the first bytes itself to tell HTTP/1 from h2,
         // with no timeout: bound that wait, or an idle client would hold
         // the connection forever.
