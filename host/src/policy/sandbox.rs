@@ -24,10 +24,10 @@ use thread_local::ThreadLocal;
 use wasmtime::{Engine, UpdateDeadline};
 
 /// How often the epoch advances.
-pub const TICK: Duration = Duration::from_micros(500);
+pub const TICK: Duration = Duration::from_millis(1);
 
 /// Ticks without any call after which the ticker parks.
-const IDLE_TICKS: u32 = 200;
+const IDLE_TICKS: u32 = 100;
 
 /// However descheduled a call is, it is interrupted this long after its
 /// deadline first passed.
@@ -163,7 +163,20 @@ fn total(s: &State) -> u64 {
         .fold(0, u64::wrapping_add)
 }
 
+/// Lowers the calling thread's priority to the minimum (nice 19).
+fn lowest_priority() {
+    // SAFETY: plain syscalls on the calling thread; failure is harmless.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
 fn run(engine: Engine, s: Arc<State>) {
+    // On a busy machine the ticker must not preempt request work every
+    // tick; at the lowest priority it still runs within a scheduler slice,
+    // which is all an overrunning policy needs to be stopped.
+    lowest_priority();
     let mut last = total(&s);
     let mut idle = 0;
     while !s.stop.load(Ordering::SeqCst) {
@@ -199,9 +212,9 @@ mod tests {
 
     #[test]
     fn a_deadline_covers_the_timeout() {
-        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 1);
         assert_eq!(deadline_ticks(Duration::from_micros(1)), 1);
-        assert_eq!(deadline_ticks(Duration::from_millis(10)), 20);
+        assert_eq!(deadline_ticks(Duration::from_millis(10)), 10);
     }
 
     #[test]
