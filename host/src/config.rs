@@ -444,6 +444,9 @@ pub enum PolicySource {
     Builtin(String),
     /// A component file, path resolved against the config's directory.
     File(PathBuf),
+    /// `native:round-robin`: the host's own round-robin, no Wasm at all.
+    /// For measuring what the Wasm boundary costs; not a policy to deploy.
+    Native(String),
 }
 
 impl fmt::Display for PolicySource {
@@ -451,6 +454,7 @@ impl fmt::Display for PolicySource {
         match self {
             PolicySource::Builtin(name) => f.write_str(name),
             PolicySource::File(path) => write!(f, "{}", path.display()),
+            PolicySource::Native(name) => write!(f, "native:{name}"),
         }
     }
 }
@@ -854,6 +858,14 @@ fn build_upstream(
             &up.policy,
             format!("{key}.policy: give a built-in policy name or the path of a .wasm component"),
         ));
+    } else if let Some(native) = policy_text.strip_prefix("native:") {
+        if native != "round-robin" {
+            return Err(loc.error(
+                &up.policy,
+                format!("{key}.policy: the only native policy is native:round-robin"),
+            ));
+        }
+        PolicySource::Native(native.to_string())
     } else if policy_text.contains('/')
         || policy_text.contains('\\')
         || policy_text.ends_with(".wasm")

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::access_log::AccessLog;
 use crate::app::App;
 use crate::config::{Config, ConfigError, PolicySource, UpstreamConfig};
-use crate::policy::{LoadError, WasmPolicy};
+use crate::policy::{LoadError, Policy, RoundRobin, WasmPolicy};
 use crate::router::Router;
 use crate::server::ListenerSpec;
 use crate::tls;
@@ -44,7 +44,10 @@ fn load_policy(
     app: &App,
     up: &UpstreamConfig,
     backends: &[Backend],
-) -> Result<WasmPolicy, LoadError> {
+) -> Result<Box<dyn Policy>, LoadError> {
+    if let PolicySource::Native(_) = up.policy {
+        return Ok(Box::new(RoundRobin::default()));
+    }
     let started = std::time::Instant::now();
     let compiled = app.engine.compile(&up.policy)?;
     let policy = WasmPolicy::load(
@@ -60,7 +63,7 @@ fn load_policy(
         up.policy,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    Ok(policy)
+    Ok(Box::new(policy))
 }
 
 impl Runtime {
@@ -76,7 +79,7 @@ impl Runtime {
                 Ok(policy) => upstreams.push(Arc::new(Upstream::new(
                     up.clone(),
                     backends,
-                    Box::new(policy),
+                    policy,
                     app.metrics.upstream(&up.name),
                 ))),
                 Err(e) => errors.push(
@@ -136,7 +139,7 @@ impl Runtime {
             .iter()
             .filter_map(|u| match &u.policy {
                 PolicySource::File(p) => Some(p.as_path()),
-                PolicySource::Builtin(_) => None,
+                PolicySource::Builtin(_) | PolicySource::Native(_) => None,
             })
             .collect();
         files.sort();
@@ -155,8 +158,8 @@ impl Runtime {
                 continue;
             }
             let result = load_policy(app, &up.config, &up.backends).map(|policy| {
-                let digest = policy.compiled().digest.clone();
-                up.swap_policy(Box::new(policy));
+                let digest = policy.status().digest;
+                up.swap_policy(policy);
                 digest
             });
             match &result {

@@ -155,6 +155,7 @@ impl PolicyEngine {
                     source,
                 })?
                 .into(),
+            PolicySource::Native(_) => return Err(LoadError::NotWasm(what)),
         };
         self.compile_bytes(source.clone(), &bytes)
     }
