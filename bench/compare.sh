@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Switchyard against nginx, HAProxy and Caddy, side by side on loopback:
+# bench/run.sh (the harness, see bench/HARNESS.md) with Switchyard added as
+# targets: the Wasm round-robin, weighted and sticky-session policies, and
+# the same round-robin done natively (to see what the Wasm boundary costs).
+#
+#   bench/compare.sh --quick                  # 1 round of 3 s: ~2 min
+#   bench/compare.sh                          # 3 rounds of 10 s: ~10 min
+#   bench/compare.sh --only nginx --no-sticky # fewer peers
+#   bench/compare.sh --workers 2 --no-pin     # both cores for each proxy
+#
+# Extra arguments go to bench/run.sh. Installs nginx, HAProxy, Caddy, wrk and
+# h2load from Debian if missing. Writes bench/results/<time>.{md,json} and,
+# with bench/chart.py, bench/results/<time>.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet
+bin="$PWD/target/release/switchyard"
+work=$(mktemp -d -t switchyard-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+targets=()
+for spec in "switchyard|round-robin|rr" "switchyard-weighted|weighted|rr" \
+            "switchyard-sticky|sticky-session|cookie" "switchyard-native|native:round-robin|rr"; do
+    IFS='|' read -r name policy lb <<<"$spec"
+    sed "s/POLICY/$policy/" bench/configs/switchyard.toml.tmpl > "$work/$name.toml.tmpl"
+    # Warm the compiled-policy cache: `check` compiles and stores the policy.
+    sed -e 's/{port}/0/; s/{h2port}/0/; s/{b[123]}/1/g' "$work/$name.toml.tmpl" > "$work/$name-check.toml"
+    "$bin" check --config "$work/$name-check.toml" >/dev/null
+    targets+=(--target "name=$name,lb=$lb,h2port=auto,conf=$work/$name.toml.tmpl,cmd=$bin run --config {config} --workers {workers}")
+done
+
+bench/run.sh "${targets[@]}" "$@"
+latest=$(ls -t bench/results/*.json | head -1)
+python3 bench/chart.py "$latest" "${latest%.json}.svg"
+echo "chart: ${latest%.json}.svg"
