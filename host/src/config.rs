@@ -1241,6 +1241,25 @@ upstream = "app"
     }
 
     #[test]
+    fn the_native_round_robin_is_named_and_nothing_else_native_is() {
+        let src = ISSUE_EXAMPLE.replace("\"weighted\"", "\"native:round-robin\"");
+        let c = parse(&src).unwrap();
+        assert_eq!(
+            c.upstreams[0].policy,
+            PolicySource::Native("round-robin".into())
+        );
+        assert_eq!(c.upstreams[0].policy.to_string(), "native:round-robin");
+        let err = parse(&ISSUE_EXAMPLE.replace("\"weighted\"", "\"native:weighted\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml:6:10:"), "{err}");
+        assert!(
+            err.contains("the only native policy is native:round-robin"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn policy_paths_are_relative_to_the_config_file() {
         let src = ISSUE_EXAMPLE.replace("\"weighted\"", "\"plugins/my.wasm\"");
         let c = Config::parse(Path::new("/etc/switchyard/main.toml"), &src).unwrap();

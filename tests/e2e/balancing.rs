@@ -32,6 +32,18 @@ fn round_robin_splits_sequential_requests_exactly() {
 }
 
 #[test]
+fn the_native_round_robin_used_by_the_benchmark_splits_the_same_way() {
+    let (a, b, c) = three();
+    let proxy = Proxy::start(&one_upstream("native:round-robin", &[&a, &b, &c], ""));
+    let agent = client();
+    let bodies: Vec<String> = (0..30).map(|_| get(&agent, &proxy.url("/")).body).collect();
+    assert_eq!(
+        tally(bodies.iter().map(String::as_str)),
+        expect(&[("a", 10), ("b", 10), ("c", 10)])
+    );
+}
+
+#[test]
 fn round_robin_stays_exact_under_concurrency() {
     let (a, b, c) = three();
     let proxy = Proxy::start(&one_upstream("round-robin", &[&a, &b, &c], ""));
