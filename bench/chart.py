@@ -36,7 +36,7 @@ def panel(x, y, title, rows, unit, lower_is_better):
             w = max(1, W_BAR * v / top)
             by = y + i * 10
             out.append(f'<rect x="{x + W_LABEL}" y="{by}" width="{w:.1f}" height="9" fill="{COLORS[proto]}"/>')
-            out.append(f'<text x="{x + W_LABEL + w + 4:.1f}" y="{by + 8}" font-size="9">{v:,.1f} {unit}</text>')
+            out.append(f'<text x="{x + W_LABEL + w + 4:.1f}" y="{by + 8}" font-size="9">{v:,.{1 if v < 1000 else 0}f} {unit}</text>')
         y += ROW
     return out, y
 

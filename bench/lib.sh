@@ -1,0 +1,52 @@
+# Shared by bench/allocs.sh and bench/profile.sh: a temp dir, three nginx
+# backends on free loopback ports, and a proxy config for one policy.
+# Source it; it sets $work, $bin, $port, $b1..$b3 and cleans up on exit.
+
+bin="$PWD/target/release/switchyard"
+work=$(mktemp -d -t switchyard-bench.XXXXXX)
+backends_pid=
+cleanup() {
+    [ -n "$backends_pid" ] && kill "$backends_pid" 2>/dev/null
+    if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+need() {
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$0: $tool is missing" >&2; exit 1; }
+    done
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts one nginx (1 worker) answering on three ports, like bench/run.sh's.
+start_backends() {
+    b1=$(free_port) b2=$(free_port) b3=$(free_port) port=$(free_port)
+    local bh2
+    bh2=$(free_port)
+    mkdir -p "$work/body" "$work/proxy"
+    sed -e "s|{dir}|$work|g; s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/; s/{bh2}/$bh2/" \
+        bench/configs/backends-nginx.conf.tmpl >"$work/backends.conf"
+    ${BACKEND_PIN:-} nginx -c "$work/backends.conf" -e "$work/error.log" &
+    backends_pid=$!
+}
+
+# Writes $work/proxy.toml for policy $1 (HTTP/1.1 on $port only) and
+# compiles the policy into the cache, so the proxy starts warm.
+proxy_config() {
+    sed -e "s/POLICY/$1/; s/{port}/$port/; s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" \
+        -e 's/, "127.0.0.1:{h2port}"//' bench/configs/switchyard.toml.tmpl >"$work/proxy.toml"
+    "$bin" check --config "$work/proxy.toml" >/dev/null
+}
+
+# Waits until the proxy answers.
+wait_ready() {
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "$0: the proxy did not start" >&2
+    return 1
+}
