@@ -66,17 +66,7 @@ impl ConsistentHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn states(healthy: &[bool]) -> Vec<BackendState> {
-        healthy
-            .iter()
-            .map(|&healthy| BackendState {
-                healthy,
-                in_flight: 0,
-                latency_ewma_us: 0,
-            })
-            .collect()
-    }
+    use crate::test_states as states;
 
     #[test]
     fn hashing_is_stable() {

@@ -219,20 +219,23 @@ macro_rules! export_policy {
     };
 }
 
+/// Backend snapshots for the unit tests of every module.
+#[cfg(test)]
+pub(crate) fn test_states(healthy: &[bool]) -> Vec<BackendState> {
+    healthy
+        .iter()
+        .map(|&healthy| BackendState {
+            healthy,
+            in_flight: 0,
+            latency_ewma_us: 0,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn states(healthy: &[bool]) -> Vec<BackendState> {
-        healthy
-            .iter()
-            .map(|&healthy| BackendState {
-                healthy,
-                in_flight: 0,
-                latency_ewma_us: 0,
-            })
-            .collect()
-    }
+    use crate::test_states as states;
 
     #[test]
     fn nth_healthy_cycles_over_healthy_backends_only() {

@@ -145,20 +145,10 @@ impl WeightedSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_states as states;
 
     fn names(seq: &[u32]) -> String {
         seq.iter().map(|&i| (b'a' + i as u8) as char).collect()
-    }
-
-    fn states(healthy: &[bool]) -> Vec<BackendState> {
-        healthy
-            .iter()
-            .map(|&healthy| BackendState {
-                healthy,
-                in_flight: 0,
-                latency_ewma_us: 0,
-            })
-            .collect()
     }
 
     #[test]
