@@ -66,11 +66,7 @@ fn a_non_loopback_admin_address_is_refused_unless_allowed() {
         "refused.toml",
         format!("[admin]\nlisten = \"0.0.0.0:9901\"\n\n{base}"),
     );
-    let out = sy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -82,11 +78,7 @@ fn a_non_loopback_admin_address_is_refused_unless_allowed() {
         "allowed.toml",
         format!("[admin]\nlisten = \"0.0.0.0:9901\"\nallow-remote = true\n\n{base}"),
     );
-    let out = sy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(
         out.status.success(),
         "{}",

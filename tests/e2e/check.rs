@@ -27,11 +27,7 @@ fn check_with(config: &str, prepare: impl FnOnce(&TempDir)) -> (bool, String, St
     let dir = TempDir::new("check");
     prepare(&dir);
     let path = dir.write("switchyard.toml", config);
-    let out = sy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

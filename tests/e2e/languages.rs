@@ -69,11 +69,7 @@ fn check(config: &str) {
         "switchyard.toml",
         config.replace("{port}", "0").replace("{admin}", "0"),
     );
-    let out = sy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(
         out.status.success(),
         "check failed:\n{}{}",

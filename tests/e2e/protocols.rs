@@ -136,7 +136,7 @@ fn a_bad_certificate_is_refused_by_check_with_the_file() {
     );
     dir.write("key.pem", "");
     let cfg = dir.write("switchyard.toml", tls_config(&[&a]).replace("{port}", "0"));
-    let out = sy().args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = check_config(&cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

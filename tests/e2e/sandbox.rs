@@ -172,7 +172,7 @@ fn a_policy_whose_config_step_traps_is_never_put_in_service() {
         "switchyard.toml",
         one_upstream(path.to_str().unwrap(), &[&a], "").replace("{port}", "0"),
     );
-    let out = sy().args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = check_config(&cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("trapped while loading"), "{err}");

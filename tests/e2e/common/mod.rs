@@ -49,6 +49,14 @@ pub fn sy() -> Command {
     c
 }
 
+/// `switchyard check --config path`, run to completion.
+pub fn check_config(path: &Path) -> std::process::Output {
+    sy().args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run switchyard check")
+}
+
 static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
