@@ -12,7 +12,7 @@
 //! one tick after its timeout.
 //!
 //! When no call has started for a while the ticker parks, so an idle proxy
-//! does not wake up 2,000 times a second; the next call wakes it before
+//! does not wake up 1,000 times a second; the next call wakes it before
 //! entering the guest.
 
 use std::sync::Arc;
@@ -28,6 +28,10 @@ pub const TICK: Duration = Duration::from_millis(1);
 
 /// Ticks without any call after which the ticker parks.
 const IDLE_TICKS: u32 = 100;
+
+/// Longest a parked ticker sleeps before looking again (a safety net:
+/// `Ticker::enter` wakes it).
+const PARK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// However descheduled a call is, it is interrupted this long after its
 /// deadline first passed.
@@ -100,6 +104,8 @@ struct State {
     activity: ThreadLocal<Padded>,
     parked: AtomicBool,
     stop: AtomicBool,
+    /// Epoch increments so far.
+    ticks: AtomicU64,
     thread: std::sync::OnceLock<Thread>,
 }
 
@@ -129,6 +135,7 @@ impl Ticker {
             activity: ThreadLocal::new(),
             parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
             thread: std::sync::OnceLock::new(),
         });
         let s = state.clone();
@@ -171,6 +178,7 @@ fn run(engine: Engine, s: Arc<State>) {
     while !s.stop.load(Ordering::SeqCst) {
         thread::sleep(TICK);
         engine.increment_epoch();
+        s.ticks.fetch_add(1, Ordering::Relaxed);
         let now = total(&s);
         if now != last {
             last = now;
@@ -188,10 +196,11 @@ fn run(engine: Engine, s: Arc<State>) {
             s.parked.store(false, Ordering::SeqCst);
             continue;
         }
-        // The timeout is only a safety net; `enter` unparks.
-        thread::park_timeout(Duration::from_millis(50));
+        // The timeout is only a safety net; `enter` unparks. `idle` keeps
+        // its count: if nothing ran meanwhile, the next tick parks again
+        // (an idle proxy wakes once per PARK_TIMEOUT, not 100 times).
+        thread::park_timeout(PARK_TIMEOUT);
         s.parked.store(false, Ordering::SeqCst);
-        idle = 0;
     }
 }
 
@@ -239,7 +248,15 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "ticker never parked");
             thread::sleep(Duration::from_millis(10));
         }
+        // Parked, it stays parked, past its safety-net wake-up: one tick
+        // per PARK_TIMEOUT while nothing runs.
+        let ticks = ticker.state.ticks.load(Ordering::Relaxed);
+        thread::sleep(PARK_TIMEOUT + Duration::from_millis(300));
+        let idle_ticks = ticker.state.ticks.load(Ordering::Relaxed) - ticks;
+        assert!(idle_ticks <= 3, "an idle ticker ticked {idle_ticks} times");
         ticker.enter();
         assert!(!ticker.state.parked.load(Ordering::SeqCst));
+        thread::sleep(Duration::from_millis(20));
+        assert!(ticker.state.ticks.load(Ordering::Relaxed) - ticks > idle_ticks);
     }
 }
