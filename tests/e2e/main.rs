@@ -15,6 +15,7 @@ mod hot_swap;
 mod languages;
 mod lifecycle;
 mod limits;
+mod pooling;
 mod protocols;
 mod reload;
 mod resilience;
