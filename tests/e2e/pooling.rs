@@ -88,7 +88,10 @@ fn a_body_delimited_by_the_backend_closing_arrives_whole() {
         assert_eq!(r.status, 200, "{r:?}\n{}", proxy.log());
         assert_eq!(r.body.len(), n, "{}", proxy.log());
         assert!(
-            r.body.bytes().enumerate().all(|(i, b)| b == b'a' + (i % 26) as u8),
+            r.body
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b == b'a' + (i % 26) as u8),
             "the body differs"
         );
     }
