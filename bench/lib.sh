@@ -1,5 +1,6 @@
-# Shared by bench/allocs.sh and bench/profile.sh: a temp dir, three nginx
-# backends on free loopback ports, and a proxy config for one policy.
+# Shared by bench/allocs.sh, bench/profile.sh and bench/split.sh: a temp
+# dir, three nginx backends on free loopback ports, a proxy config for one
+# policy, nginx as the peer proxy, and the CPU split.
 # Source it; it sets $work, $bin, $port, $b1..$b3 and cleans up on exit.
 
 bin="$PWD/target/release/switchyard"
@@ -21,6 +22,13 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# The proxy under test gets the last CPU ($last), load and backends the
+# others ($others), as in bench/run.sh.
+pin_cpus() {
+    last=$(($(nproc) - 1))
+    others="0-$((last > 0 ? last - 1 : 0))"
+}
+
 # Starts one nginx (1 worker) answering on three ports, like bench/run.sh's.
 start_backends() {
     b1=$(free_port) b2=$(free_port) b3=$(free_port) port=$(free_port)
@@ -39,6 +47,14 @@ proxy_config() {
     sed -e "s/POLICY/$1/; s/{port}/$port/; s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" \
         -e 's/, "127.0.0.1:{h2port}"//' bench/configs/switchyard.toml.tmpl >"$work/proxy.toml"
     "$bin" check --config "$work/proxy.toml" >/dev/null
+}
+
+# Writes $work/peer.conf: nginx as the peer proxy (1 worker, round-robin
+# over the backends) listening on port $1.
+nginx_peer_config() {
+    mkdir -p "$work/peer"
+    sed -e "s|{dir}|$work/peer|g; s/{workers}/1/; s/{lb}//; s/{port}/$1/; s/{h2port}/$(free_port)/" \
+        -e "s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" bench/configs/nginx.conf.tmpl >"$work/peer.conf"
 }
 
 # Waits until the proxy answers.

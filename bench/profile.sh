@@ -19,13 +19,10 @@ seconds=${SECONDS_PROFILED:-6}
 cargo build --release --quiet
 . bench/lib.sh
 need perf wrk nginx curl taskset
-last=$(($(nproc) - 1))
-others="0-$((last > 0 ? last - 1 : 0))"
+pin_cpus
 BACKEND_PIN="taskset -c $others" start_backends
 if [ "$policy" = nginx ]; then
-    mkdir -p "$work/peer"
-    sed -e "s|{dir}|$work/peer|g; s/{workers}/1/; s/{lb}//; s/{port}/$port/; s/{h2port}/$(free_port)/" \
-        -e "s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" bench/configs/nginx.conf.tmpl >"$work/peer.conf"
+    nginx_peer_config "$port"
     taskset -c "$last" nginx -c "$work/peer.conf" -e "$work/peer/error.log" &
     master=$!
     trap 'kill $master 2>/dev/null; cleanup' EXIT

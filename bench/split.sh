@@ -20,14 +20,11 @@ seconds=${SECONDS_LOADED:-5}
 cargo build --release --quiet
 . bench/lib.sh
 need wrk nginx nstat curl taskset
-last=$(($(nproc) - 1))
-others="0-$((last > 0 ? last - 1 : 0))"
+pin_cpus
 BACKEND_PIN="taskset -c $others" start_backends
 proxy_config "$policy"
 nginx_port=$(free_port)
-mkdir -p "$work/peer"
-sed -e "s|{dir}|$work/peer|g; s/{workers}/1/; s/{lb}//; s/{port}/$nginx_port/; s/{h2port}/$(free_port)/" \
-    -e "s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" bench/configs/nginx.conf.tmpl >"$work/peer.conf"
+nginx_peer_config "$nginx_port"
 ticks=$(getconf CLK_TCK)
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; cleanup' EXIT
