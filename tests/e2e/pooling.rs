@@ -64,8 +64,13 @@ fn a_connection_the_backend_closed_while_idle_is_not_reused() {
     assert_eq!(get(&agent, &proxy.url("/conn")).body, first.body);
 
     // The backend closes the idle connection; the proxy notices instead of
-    // failing a request on it (one failure would mark the only backend down).
+    // sending on it. A POST makes that visible: sent on the dead connection
+    // it would be lost and, not being idempotent, never re-sent (a 502, and
+    // with one failure the only backend marked down).
     std::thread::sleep(Duration::from_millis(800));
+    let r = post(&agent, &proxy.url("/conn"), b"payload");
+    assert_eq!(r.status, 200, "{r:?}\n{}", proxy.log());
+    assert_ne!(r.body, first.body, "a closed connection was reused");
     let mut bodies = Vec::new();
     for _ in 0..5 {
         let r = get(&agent, &proxy.url("/conn"));

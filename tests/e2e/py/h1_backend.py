@@ -7,6 +7,7 @@ keep-alive connection that stays idle for IDLE_SECONDS, as nginx's
 `keepalive_timeout` or gunicorn's `--keep-alive` do.
 
     GET /conn       the serial number of the connection the request came on
+    POST /conn      the same, after reading the body
     GET /close/N    N letters (a-z repeated), no Content-Length, then the
                     server closes the connection (a close-delimited body)
 """
@@ -50,6 +51,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data[i:i + 16384])
                 self.wfile.flush()
             self.close_connection = True
+        else:
+            self.send_error(404)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path == "/conn":
+            self.do_GET()
         else:
             self.send_error(404)
 
