@@ -1,0 +1,194 @@
+//! The file as written: serde mirrors of the TOML, kebab-case keys,
+//! unknown keys refused, spans kept for error messages. Nothing here is
+//! checked beyond its TOML type; `to_*` methods in the sibling modules turn
+//! these into the runtime types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileConfig {
+    pub server: FileServer,
+    pub admin: Option<FileAdmin>,
+    pub access_log: Option<Spanned<FileAccessLog>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<FileRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileServer {
+    pub listen: Spanned<Listen>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub watch: Option<bool>,
+    pub max_header_size: Option<Spanned<String>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub client_idle_timeout: Option<Spanned<String>>,
+    pub client_body_timeout: Option<Spanned<String>>,
+    pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub forwarded: bool,
+    pub cache_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileAccessLog {
+    #[serde(default = "stdout")]
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub format: super::LogFormat,
+}
+
+fn stdout() -> Spanned<String> {
+    Spanned::new(0..0, "-".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<String>>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+    pub host: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileListener {
+    pub address: String,
+    pub tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileAdmin {
+    pub listen: Spanned<String>,
+    #[serde(default)]
+    pub allow_remote: bool,
+    pub token_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileUpstream {
+    pub policy: Spanned<String>,
+    pub backends: Spanned<Vec<Spanned<FileBackend>>>,
+    pub policy_config: Option<Spanned<toml::Table>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub keepalive: Option<Spanned<usize>>,
+    pub max_connections_per_backend: Option<Spanned<usize>>,
+    pub max_fails: Option<Spanned<u32>>,
+    pub fail_timeout: Option<Spanned<String>>,
+    pub policy_timeout: Option<Spanned<String>>,
+    pub policy_memory: Option<Spanned<String>>,
+    pub policy_max_failures: Option<Spanned<u32>>,
+    pub retries: Option<u32>,
+    pub retry_timeout: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<FileHealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileBackend {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub backup: bool,
+    #[serde(default)]
+    pub h2: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileRoute {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    pub max_body_size: Option<Spanned<String>>,
+}
+
+/// `listen = "addr"`, or a list whose entries are addresses or tables
+/// `{ address = "...", tls = { cert = "...", key = "..." } }`.
+#[derive(Debug)]
+pub(super) struct Listen(pub Vec<FileListener>);
+
+fn plain(address: &str) -> FileListener {
+    FileListener {
+        address: address.to_string(),
+        tls: None,
+    }
+}
+
+/// One entry of a `listen` list.
+struct ListenEntry(FileListener);
+
+impl<'de> Deserialize<'de> for ListenEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ListenEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8080\" or a table { address = ..., tls = { cert = ..., key = ... } }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenEntry, E> {
+                Ok(ListenEntry(plain(v)))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ListenEntry, A::Error> {
+                FileListener::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ListenEntry)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Listen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8080\" or a list of addresses and listener tables")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Listen, E> {
+                Ok(Listen(vec![plain(v)]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Listen, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = seq.next_element::<ListenEntry>()? {
+                    out.push(e.0);
+                }
+                Ok(Listen(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

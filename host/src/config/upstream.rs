@@ -1,0 +1,491 @@
+//! `[upstreams.NAME]`: the backends of a group, its policy and the policy's
+//! sandbox, the timeouts and limits toward its backends, passive and active
+//! health.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::file::{FileBackend, FileHealthCheck, FileUpstream};
+use super::values::{duration, flatten, is_authority, parse_status_range, resolve, size};
+use super::{Checker, Origin};
+
+/// Connect timeout to a backend when the upstream sets none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed for a backend's response headers once the request has been
+/// sent (nginx `proxy_read_timeout` covers this too).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest gap between two reads from a backend (nginx `proxy_read_timeout`).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest gap between two successful writes to a client (nginx
+/// `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// An upgraded connection with no traffic either way for this long is closed.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long an idle pooled connection to a backend is kept.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Failures within `fail-timeout` that mark a backend down (nginx `max_fails`).
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+/// How long a failed backend stays down, and the window failures are counted
+/// in (nginx `fail_timeout`).
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle keep-alive connections kept per backend (nginx `keepalive`).
+pub const DEFAULT_KEEPALIVE: usize = 64;
+/// Most TCP connections open to one backend (nginx `max_conns`, which is
+/// unlimited by default; a cap keeps a flood of client requests from
+/// becoming a flood of backend connections).
+pub const DEFAULT_MAX_CONNECTIONS_PER_BACKEND: usize = 512;
+/// Extra attempts on other backends after a failed one: by default every
+/// backend may be tried, as nginx does.
+pub const DEFAULT_RETRIES: u32 = u32::MAX;
+/// Time budget for all attempts of one request, retries included.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one policy decision may run before it is interrupted.
+pub const DEFAULT_POLICY_TIMEOUT: Duration = Duration::from_millis(1);
+/// Linear memory one policy instance may use.
+pub const DEFAULT_POLICY_MEMORY: u64 = 4 * 1024 * 1024;
+/// Consecutive failures after which a policy is reported unhealthy.
+pub const DEFAULT_POLICY_MAX_FAILURES: u32 = 5;
+
+/// Where a policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PolicySource {
+    /// One of the policies compiled into the binary, by name.
+    Builtin(String),
+    /// A component file, path resolved against the config's directory.
+    File(PathBuf),
+    /// `native:round-robin`: the host's own round-robin, no Wasm at all.
+    /// For measuring what the Wasm boundary costs; not a policy to deploy.
+    Native(String),
+}
+
+impl fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicySource::Builtin(name) => f.write_str(name),
+            PolicySource::File(path) => write!(f, "{}", path.display()),
+            PolicySource::Native(name) => write!(f, "native:{name}"),
+        }
+    }
+}
+
+/// One upstream group.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Its name, as in `[upstreams.NAME]`.
+    pub name: String,
+    /// The selection policy.
+    pub policy: PolicySource,
+    /// Where `policy = ...` was written, for errors found when loading it.
+    pub policy_origin: Origin,
+    /// `policy-config`, flattened for the policy (see `selector.wit`).
+    pub policy_config: Vec<(String, String)>,
+    /// The backends, in configuration order.
+    pub backends: Vec<BackendConfig>,
+    /// Timeout for a TCP connect to a backend (and for waiting for a
+    /// connection slot when the backend is at `max-connections-per-backend`).
+    pub connect_timeout: Duration,
+    /// Timeout for a backend's response headers once the request (body
+    /// included) has been sent.
+    pub response_timeout: Duration,
+    /// Longest the proxy waits on a backend's I/O once it has the response
+    /// headers (or while the backend should be reading the request body).
+    pub read_timeout: Duration,
+    /// Longest gap between two successful writes to the client.
+    pub send_timeout: Duration,
+    /// Idle time after which an upgraded (WebSocket) connection is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per backend.
+    pub keepalive: usize,
+    /// Most TCP connections open to one backend.
+    pub max_connections_per_backend: usize,
+    /// Failures within `fail_timeout` that mark a backend down (0: never).
+    pub max_fails: u32,
+    /// How long a backend stays down after `max_fails` failures.
+    pub fail_timeout: Duration,
+    /// The policy's sandbox.
+    pub sandbox: SandboxConfig,
+    /// Extra attempts on other backends after a failure.
+    pub retries: u32,
+    /// Time budget for all attempts of one request.
+    pub retry_timeout: Duration,
+    /// Active health checks, if configured.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Limits on a policy's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Longest a call into the policy may run (epoch deadline).
+    pub timeout: Duration,
+    /// Most linear memory one instance may have, in bytes.
+    pub memory: u64,
+    /// Consecutive failures that mark the policy unhealthy.
+    pub max_failures: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            timeout: DEFAULT_POLICY_TIMEOUT,
+            memory: DEFAULT_POLICY_MEMORY,
+            max_failures: DEFAULT_POLICY_MAX_FAILURES,
+        }
+    }
+}
+
+/// One backend of an upstream group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Unique name within the group.
+    pub name: String,
+    /// The address as written (`host:port`).
+    pub address: String,
+    /// The address resolved at load time.
+    pub socket_addr: SocketAddr,
+    /// Weight, at least 1.
+    pub weight: u32,
+    /// Used only when no other backend is healthy.
+    pub backup: bool,
+    /// Speak HTTP/2 (prior knowledge, cleartext) to it.
+    pub h2: bool,
+}
+
+/// Active health checking of an upstream's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// Path requested with `GET`.
+    pub path: String,
+    /// `Host` header to send; the backend's address if none.
+    pub host: Option<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Statuses that count as healthy (inclusive range).
+    pub expect: (u16, u16),
+    /// Consecutive successes that bring a backend back.
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
+}
+
+/// A count that must be at least 1, or `default` when absent.
+fn at_least_one(c: &mut Checker<'_>, key: &str, v: &Option<Spanned<u32>>, default: u32) -> u32 {
+    match v {
+        None => default,
+        Some(n) if *n.get_ref() == 0 => {
+            c.push(c.loc().error(n, format!("{key}: must be at least 1")));
+            default
+        }
+        Some(n) => *n.get_ref(),
+    }
+}
+
+impl FileUpstream {
+    /// The checked group, or `None` (with its problems noted) when it
+    /// cannot be used at all.
+    pub(super) fn to_upstream(
+        &self,
+        c: &mut Checker<'_>,
+        base: &Path,
+        name: &str,
+    ) -> Option<UpstreamConfig> {
+        let key = format!("upstreams.{name}");
+        let policy = self.policy(c, base, &key);
+        let backends = self.backends(c, &key);
+        let t = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<String>>, d: Duration| {
+            let r = duration(c.loc(), &format!("{key}.{k}"), v, d, true);
+            c.or(r, d)
+        };
+        let up = UpstreamConfig {
+            name: name.to_string(),
+            policy: policy?,
+            policy_origin: c.loc().origin(self.policy.span()),
+            policy_config: self.policy_config(),
+            backends: backends?,
+            connect_timeout: t(
+                c,
+                "connect-timeout",
+                &self.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            response_timeout: t(
+                c,
+                "response-timeout",
+                &self.response_timeout,
+                DEFAULT_RESPONSE_TIMEOUT,
+            ),
+            read_timeout: t(c, "read-timeout", &self.read_timeout, DEFAULT_READ_TIMEOUT),
+            send_timeout: t(c, "send-timeout", &self.send_timeout, DEFAULT_SEND_TIMEOUT),
+            tunnel_idle_timeout: t(
+                c,
+                "tunnel-idle-timeout",
+                &self.tunnel_idle_timeout,
+                DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            ),
+            idle_timeout: t(c, "idle-timeout", &self.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            keepalive: self
+                .keepalive
+                .as_ref()
+                .map_or(DEFAULT_KEEPALIVE, |k| *k.get_ref()),
+            max_connections_per_backend: match &self.max_connections_per_backend {
+                None => DEFAULT_MAX_CONNECTIONS_PER_BACKEND,
+                Some(n) if *n.get_ref() == 0 => {
+                    c.push(c.loc().error(
+                        n,
+                        format!("{key}.max-connections-per-backend: must be at least 1"),
+                    ));
+                    DEFAULT_MAX_CONNECTIONS_PER_BACKEND
+                }
+                Some(n) => *n.get_ref(),
+            },
+            max_fails: self
+                .max_fails
+                .as_ref()
+                .map_or(DEFAULT_MAX_FAILS, |m| *m.get_ref()),
+            fail_timeout: t(c, "fail-timeout", &self.fail_timeout, DEFAULT_FAIL_TIMEOUT),
+            sandbox: self.sandbox(c, &key),
+            retries: self.retries.unwrap_or(DEFAULT_RETRIES),
+            retry_timeout: t(
+                c,
+                "retry-timeout",
+                &self.retry_timeout,
+                DEFAULT_RETRY_TIMEOUT,
+            ),
+            health_check: self
+                .health_check
+                .as_ref()
+                .and_then(|h| h.get_ref().to_health_check(c, &key)),
+        };
+        Some(up)
+    }
+
+    fn policy(&self, c: &mut Checker<'_>, base: &Path, key: &str) -> Option<PolicySource> {
+        let text = self.policy.get_ref().trim();
+        if text.is_empty() {
+            c.push(c.loc().error(
+                &self.policy,
+                format!(
+                    "{key}.policy: give a built-in policy name or the path of a .wasm component"
+                ),
+            ));
+            None
+        } else if let Some(native) = text.strip_prefix("native:") {
+            if native != "round-robin" {
+                c.push(c.loc().error(
+                    &self.policy,
+                    format!("{key}.policy: the only native policy is native:round-robin"),
+                ));
+                return None;
+            }
+            Some(PolicySource::Native(native.to_string()))
+        } else if text.contains('/') || text.contains('\\') || text.ends_with(".wasm") {
+            Some(PolicySource::File(base.join(text)))
+        } else {
+            Some(PolicySource::Builtin(text.to_string()))
+        }
+    }
+
+    fn backends(&self, c: &mut Checker<'_>, key: &str) -> Option<Vec<BackendConfig>> {
+        let list = self.backends.get_ref();
+        if list.is_empty() {
+            c.push(c.loc().error(
+                &self.backends,
+                format!("{key}.backends: an upstream needs at least one backend"),
+            ));
+            return None;
+        }
+        let before = c.errors.len();
+        let mut backends: Vec<BackendConfig> = Vec::new();
+        for (i, b) in list.iter().enumerate() {
+            if let Some(b) = b
+                .get_ref()
+                .to_backend(c, &format!("{key}.backends[{i}]"), &backends)
+            {
+                backends.push(b);
+            }
+        }
+        if backends.iter().all(|b| b.backup) && !backends.is_empty() {
+            c.push(c.loc().error(
+                &self.backends,
+                format!("{key}.backends: every backend is a backup; at least one must not be"),
+            ));
+        }
+        (c.errors.len() == before).then_some(backends)
+    }
+
+    fn policy_config(&self) -> Vec<(String, String)> {
+        let Some(t) = &self.policy_config else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        flatten("", t.get_ref(), &mut out);
+        out.sort();
+        out
+    }
+
+    fn sandbox(&self, c: &mut Checker<'_>, key: &str) -> SandboxConfig {
+        let timeout = match duration(
+            c.loc(),
+            &format!("{key}.policy-timeout"),
+            &self.policy_timeout,
+            DEFAULT_POLICY_TIMEOUT,
+            true,
+        ) {
+            Ok(t) if t <= Duration::from_secs(10) => t,
+            Ok(_) => {
+                if let Some(s) = &self.policy_timeout {
+                    c.push(
+                        c.loc()
+                            .error(s, format!("{key}.policy-timeout: at most 10s")),
+                    );
+                }
+                DEFAULT_POLICY_TIMEOUT
+            }
+            Err(e) => {
+                c.push(e);
+                DEFAULT_POLICY_TIMEOUT
+            }
+        };
+        let memory = match &self.policy_memory {
+            None => DEFAULT_POLICY_MEMORY,
+            Some(m) => match size(c.loc(), &format!("{key}.policy-memory"), m) {
+                Ok(bytes) if bytes >= 64 * 1024 => bytes,
+                Ok(_) => {
+                    c.push(c.loc().error(
+                        m,
+                        format!("{key}.policy-memory: at least 64KiB (one Wasm page)"),
+                    ));
+                    DEFAULT_POLICY_MEMORY
+                }
+                Err(e) => {
+                    c.push(e);
+                    DEFAULT_POLICY_MEMORY
+                }
+            },
+        };
+        SandboxConfig {
+            timeout,
+            memory,
+            max_failures: at_least_one(
+                c,
+                &format!("{key}.policy-max-failures"),
+                &self.policy_max_failures,
+                DEFAULT_POLICY_MAX_FAILURES,
+            ),
+        }
+    }
+}
+
+impl FileBackend {
+    fn to_backend(
+        &self,
+        c: &mut Checker<'_>,
+        key: &str,
+        earlier: &[BackendConfig],
+    ) -> Option<BackendConfig> {
+        let name = self.name.get_ref();
+        if name.is_empty() {
+            c.push(
+                c.loc()
+                    .error(&self.name, format!("{key}.name: must not be empty")),
+            );
+            return None;
+        }
+        if earlier.iter().any(|o| &o.name == name) {
+            c.push(c.loc().error(
+                &self.name,
+                format!("{key}.name: {name:?} is used twice in this upstream"),
+            ));
+            return None;
+        }
+        let address = self.address.get_ref().trim().to_string();
+        let socket_addr = match resolve(&address) {
+            Ok(a) => a,
+            Err(why) => {
+                c.push(
+                    c.loc()
+                        .error(&self.address, format!("{key}.address: {why}")),
+                );
+                return None;
+            }
+        };
+        let weight = at_least_one(c, &format!("{key}.weight"), &self.weight, 1);
+        Some(BackendConfig {
+            name: name.clone(),
+            address,
+            socket_addr,
+            weight,
+            backup: self.backup,
+            h2: self.h2,
+        })
+    }
+}
+
+impl FileHealthCheck {
+    fn to_health_check(&self, c: &mut Checker<'_>, key: &str) -> Option<HealthCheckConfig> {
+        let key = format!("{key}.health-check");
+        let before = c.errors.len();
+        let path = match &self.path {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                c.push(
+                    c.loc()
+                        .error(p, format!("{key}.path: must start with \"/\"")),
+                );
+                "/".to_string()
+            }
+        };
+        let mut t = |k: &str, v: &Option<Spanned<String>>, d: Duration| {
+            let r = duration(c.loc(), &format!("{key}.{k}"), v, d, true);
+            c.or(r, d)
+        };
+        let interval = t("interval", &self.interval, Duration::from_secs(5));
+        let timeout = t("timeout", &self.timeout, Duration::from_secs(2));
+        let expect = match &self.expect_status {
+            None => (200, 399),
+            Some(e) => parse_status_range(e.get_ref()).unwrap_or_else(|| {
+                c.push(c.loc().error(
+                    e,
+                    format!(
+                        "{key}.expect-status: {:?} is not a status (\"200\"), a range (\"200-299\") or a class (\"2xx\")",
+                        e.get_ref()
+                    ),
+                ));
+                (200, 399)
+            }),
+        };
+        let host = match &self.host {
+            None => None,
+            Some(h) if is_authority(h.get_ref()) => Some(h.get_ref().clone()),
+            Some(h) => {
+                c.push(c.loc().error(
+                    h,
+                    format!(
+                        "{key}.host: {:?} is not a host name, optionally with a port, such as \"app.internal\" or \"app.internal:8080\"",
+                        h.get_ref()
+                    ),
+                ));
+                None
+            }
+        };
+        let rise = at_least_one(c, &format!("{key}.rise"), &self.rise, 1);
+        let fall = at_least_one(c, &format!("{key}.fall"), &self.fall, 1);
+        (c.errors.len() == before).then_some(HealthCheckConfig {
+            path,
+            host,
+            interval,
+            timeout,
+            expect,
+            rise,
+            fall,
+        })
+    }
+}
