@@ -1,5 +1,6 @@
 //! Hostile policies, written in WAT and made into components in-process
-//! (`wat` + `wit-component`), so the tests need no Wasm toolchain.
+//! (by the same code as `switchyard policy componentize`), so the tests
+//! need no Wasm toolchain.
 //!
 //! Each one behaves on `GET /` (the proxy's dry run before it accepts a
 //! policy) and misbehaves on every other path, the way a hostile or buggy
@@ -7,8 +8,6 @@
 //! sandbox must contain: an endless loop, unbounded allocation, a trap, an
 //! out-of-range answer, an error result. `config_trap` instead traps in its
 //! config step, so it can never be loaded.
-
-use std::path::Path;
 
 /// What a fixture does on a path other than `/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +47,20 @@ impl Hostile {
     fn body(self) -> &'static str {
         match self {
             Hostile::Loop => "(loop $l (br $l)) (unreachable)",
-            Hostile::Hog => "(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (unreachable)",
+            // Grows by 1 MiB at a time and writes every 4 KiB page of it,
+            // so the memory is really resident, not just reserved.
+            Hostile::Hog => {
+                "(local $p i32) (local $end i32)
+                 (loop $l
+                   (local.set $p (i32.mul (memory.grow (i32.const 16)) (i32.const 65536)))
+                   (local.set $end (i32.add (local.get $p) (i32.const 1048576)))
+                   (loop $t
+                     (i32.store (local.get $p) (i32.const 1))
+                     (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+                     (br_if $t (i32.lt_u (local.get $p) (local.get $end))))
+                   (br $l))
+                 (unreachable)"
+            }
             Hostile::Trap => "(unreachable)",
             Hostile::OutOfRange => {
                 "(call $drop (local.get $req))
@@ -114,25 +126,7 @@ fn module(configure: &str, hostile: &str) -> String {
 }
 
 fn componentize(wat: &str) -> Vec<u8> {
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
-    let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve.push_dir(&wit).expect("parse wit/");
-    let world = resolve.select_world(&[pkg], Some("policy")).expect("world");
-    let mut module = wat::parse_str(wat).expect("fixture WAT");
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .expect("embed metadata");
-    wit_component::ComponentEncoder::default()
-        .validate(true)
-        .module(&module)
-        .expect("module")
-        .encode()
-        .expect("encode component")
+    switchyard_tools::authoring::componentize(wat.as_bytes()).expect("fixture component")
 }
 
 /// A component that misbehaves as `h` on every path but `/`.

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use wit_bindgen_core::wit_parser as wp;
 
 /// The contract, as shipped in `wit/`.
 pub const WIT: &[(&str, &str)] = &[
@@ -230,14 +231,15 @@ fn sdk_manifest(text: &str) -> String {
         )
 }
 
-/// The contract parsed for `wit-component` (wit-parser 0.263).
-fn resolve() -> anyhow::Result<(wit_parser::Resolve, wit_parser::WorldId)> {
-    let mut map = wit_parser::SourceMap::new();
+/// The contract, parsed (with the wit-parser that wit-component and
+/// wit-bindgen-c both use).
+fn resolve() -> anyhow::Result<(wp::Resolve, wp::WorldId)> {
+    let mut map = wp::SourceMap::new();
     for (name, text) in WIT {
         map.push(Path::new(name), *text);
     }
     let group = map.parse().map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
-    let mut resolve = wit_parser::Resolve::default();
+    let mut resolve = wp::Resolve::default();
     let pkg = resolve.push_group(group)?;
     let world = resolve.select_world(&[pkg], Some("policy"))?;
     Ok((resolve, world))
@@ -276,60 +278,32 @@ pub fn componentize(input: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// Whether a core module has a custom section whose name starts with
 /// `prefix` (wit-bindgen names it `component-type:...`).
 fn wasmparser_custom_section(module: &[u8], prefix: &str) -> bool {
-    custom_sections(module).any(|name| name.starts_with(prefix))
+    wasmparser::Parser::new(0)
+        .parse_all(module)
+        .filter_map(Result::ok)
+        .any(|payload| {
+            matches!(payload, wasmparser::Payload::CustomSection(c) if c.name().starts_with(prefix))
+        })
 }
 
+/// Whether a core module imports WASI preview 1 (and so needs the adapter).
 fn imports_wasi_preview1(module: &[u8]) -> bool {
-    // A cheap scan is enough: the import module name appears in the binary.
-    module
-        .windows(b"wasi_snapshot_preview1".len())
-        .any(|w| w == b"wasi_snapshot_preview1")
-}
-
-/// Names of a core module's custom sections.
-fn custom_sections(module: &[u8]) -> impl Iterator<Item = String> + '_ {
-    let mut pos = 8;
-    std::iter::from_fn(move || {
-        while pos < module.len() {
-            let id = module[pos];
-            pos += 1;
-            let (size, n) = leb128(&module[pos..])?;
-            pos += n;
-            let body = module.get(pos..pos + size as usize)?;
-            pos += size as usize;
-            if id == 0 {
-                let (len, n) = leb128(body)?;
-                let name = body.get(n..n + len as usize)?;
-                return Some(String::from_utf8_lossy(name).into_owned());
-            }
-        }
-        None
-    })
-}
-
-fn leb128(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
+    wasmparser::Parser::new(0)
+        .parse_all(module)
+        .filter_map(Result::ok)
+        .any(|payload| match payload {
+            wasmparser::Payload::ImportSection(imports) => imports
+                .into_imports()
+                .filter_map(Result::ok)
+                .any(|i| i.module == "wasi_snapshot_preview1"),
+            _ => false,
+        })
 }
 
 /// Writes C bindings (`policy.h`, `policy.c`, `policy_component_type.o`)
 /// into `dir`.
 pub fn c_bindings(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    use wit_bindgen_core::wit_parser as wp;
-    let mut map = wp::SourceMap::new();
-    for (name, text) in WIT {
-        map.push(Path::new(name), *text);
-    }
-    let group = map.parse().map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
-    let mut resolve = wp::Resolve::default();
-    let pkg = resolve.push_group(group)?;
-    let world = resolve.select_world(&[pkg], Some("policy"))?;
+    let (mut resolve, world) = resolve()?;
     let mut files = wit_bindgen_core::Files::default();
     // Borrowed handles (the request) are dropped by the bindings.
     let opts = wit_bindgen_c::Opts {
