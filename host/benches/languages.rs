@@ -90,6 +90,7 @@ fn load(path: &Path, cache: Option<&Path>) -> (WasmPolicy, Duration) {
         &upstream(path),
         Arc::new(SharedState::default()),
         &states(),
+        1,
     )
     .expect("policy loads");
     (policy, started.elapsed())
@@ -111,7 +112,11 @@ fn languages(c: &mut Criterion) {
         let st = states();
         let mut req = request(false);
         group.bench_function(lang, |b| {
-            b.iter(|| black_box(policy.select(&mut req, black_box(&st)).unwrap()))
+            b.iter(|| {
+                let d = policy.select(&mut req, black_box(&st)).unwrap();
+                policy.settle(Ok(()));
+                black_box(d)
+            })
         });
         table.push((lang, meta.len(), cold, cached));
     }

@@ -1,41 +1,25 @@
 //! Switchyard: a load-balancing reverse proxy whose backend choice is a
 //! WebAssembly component.
 //!
-//! How a request travels (each step is one module):
+//! The crate reads in layers, each using only those below it (checked by
+//! a test over the `use crate::` lines):
 //!
-//! 1. [`server`] accepts the connection and speaks HTTP/1.1 or h2c with
-//!    hyper.
-//! 2. [`proxy`] routes it ([`router`]) to an upstream group, rewrites its
-//!    headers ([`headers`]) and asks the group for a backend.
-//! 3. [`upstream`] builds the backends' live states (health, in-flight,
-//!    latency) and calls the group's [`policy`]: a Wasm component, one
-//!    instance per worker thread, checked and backed by a native fallback.
-//! 4. [`pool`] supplies a keep-alive connection to that backend; [`body`]
-//!    streams both bodies and returns the connection when the response ends.
+//! | layer | owns |
+//! | --- | --- |
+//! | [`control`] | runtime build from config, reload, file watch, admin API, metrics, process limits |
+//! | [`edge`] | listeners, TLS and ALPN, the HTTP/1.1 and HTTP/2 servers, connection limits and timeouts |
+//! | [`proxy`] | the request path: check, route, rewrite, forward, retry, stream back, tunnels, access log |
+//! | [`upstream`] | groups and backends, pools, health, the one `report` of every attempt's outcome |
+//! | [`policy`] | the Wasm boundary: engine, instances, sandbox, bindings; nothing else imports wasmtime |
+//! | [`config`] | the TOML file into checked types; imports nothing from the crate |
 //!
-//! [`config`] reads the TOML file, [`runtime`] turns it into upstreams with
-//! loaded policies, [`reload`] replaces it (or one policy) while traffic
-//! flows, driven by signals, [`watch`] and [`admin`]; [`metrics`] counts;
-//! [`app`] starts and stops the whole, [`demo`] is the self-contained
-//! tutorial.
+//! A request travels up from `edge::conn` to `proxy::Proxy::handle`, which
+//! asks `upstream::Upstream::choose` (and through it the policy), sends the
+//! request on an `upstream::pool` connection and streams the answer back.
 
-pub mod access_log;
-pub mod admin;
-pub mod app;
-pub mod authoring;
-pub mod body;
 pub mod config;
-pub mod demo;
-pub mod headers;
-pub mod health;
-pub mod metrics;
+pub mod control;
+pub mod edge;
 pub mod policy;
-pub mod pool;
 pub mod proxy;
-pub mod reload;
-pub mod router;
-pub mod runtime;
-pub mod server;
-pub mod tls;
 pub mod upstream;
-pub mod watch;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchyard::app::{self, App};
-use switchyard::authoring;
 use switchyard::config::Config;
-use switchyard::demo;
+use switchyard::control::app::{self, App};
+use switchyard::control::{limits, runtime};
 use switchyard::policy::builtin;
+use switchyard_tools::{authoring, demo};
 
 /// A load-balancing reverse proxy whose backend choice is a WebAssembly
 /// component.
@@ -112,6 +112,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Err(e) = limits::raise_nofile() {
+        tracing::warn!("cannot read or raise the open-file limit: {e}");
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -121,11 +124,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+/// Worker threads: as asked, else one per CPU core.
+fn worker_count(workers: Option<usize>) -> usize {
+    workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+fn tokio_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
-    }
+    b.worker_threads(workers);
     b.enable_all()
         .thread_name("switchyard-worker")
         .build()
@@ -139,15 +147,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             workers,
             no_watch,
         } => {
-            let app = App::new()?;
-            let runtime = app.load(&config)?;
-            tokio_runtime(workers)?.block_on(app::serve(Arc::new(app), runtime, !no_watch))?;
+            let workers = worker_count(workers);
+            let app = App::new(workers)?;
+            let built = app.load(&config)?;
+            tokio_runtime(workers)?.block_on(app::serve(Arc::new(app), built, !no_watch))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),
         Command::Demo { policy, listen } => {
-            let app = App::new()?;
-            tokio_runtime(None)?.block_on(async move {
+            let workers = worker_count(None);
+            let app = App::new(workers)?;
+            tokio_runtime(workers)?.block_on(async move {
                 let mut backends = Vec::new();
                 for i in 1..=3 {
                     let name = format!("backend-{i}");
@@ -156,12 +166,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 let text = demo::config_text(listen, &policy, &backends);
                 let config = Config::parse(&demo::config_path(), &text)?;
-                let runtime = app.build(config)?;
+                let built = app.build(config)?;
                 for (name, addr) in &backends {
                     tracing::info!("demo backend {name} on http://{addr}");
                 }
                 tracing::info!("demo: try `curl http://{listen}/` a few times (policy: {policy})");
-                app::serve(Arc::new(app), runtime, false).await
+                app::serve(Arc::new(app), built, false).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -222,16 +232,16 @@ fn policy(action: PolicyCommand) -> anyhow::Result<ExitCode> {
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(file) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
+        Err(errors) => {
+            eprintln!("{errors}");
             eprintln!("{}: configuration is invalid", file.display());
             return Ok(ExitCode::FAILURE);
         }
     };
-    let app = App::new()?;
-    match switchyard::runtime::Runtime::build(config, &app, 1) {
-        Ok(rt) => {
-            for up in &rt.upstreams {
+    let app = App::new(1)?;
+    match runtime::build(config, &app, 1) {
+        Ok(built) => {
+            for up in &built.runtime.upstreams {
                 println!(
                     "upstream {}: policy {}, {} backend(s)",
                     up.name,

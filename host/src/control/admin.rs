@@ -1,5 +1,9 @@
 //! The admin API, on its own listener (loopback unless the config says
-//! `allow-remote = true`):
+//! `allow-remote = true`). Requests must name the admin address,
+//! `localhost`, `127.0.0.1` or `[::1]` in `Host` and come from no other web
+//! origin (so neither a DNS-rebinding page nor a cross-site form can reach
+//! it: 403), and carry `Authorization: Bearer TOKEN` when `token-file` is
+//! set (401).
 //!
 //! - `GET /status`: JSON with the config generation and, per upstream, its
 //!   policy (source, digest, load time, health) and backends (health,
@@ -10,10 +14,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use http::header::{ALLOW, CONTENT_TYPE};
+use arc_swap::ArcSwapOption;
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,11 +28,12 @@ use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::app::App;
-use crate::body::ProxyBody;
-use crate::proxy::{Proxy, error_response};
-use crate::runtime::Runtime;
-use crate::server::bind;
+use super::app::App;
+use crate::config::AdminConfig;
+use crate::edge::bind;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::response::error_response;
+use crate::proxy::{Proxy, Runtime};
 use crate::upstream::now_ns;
 
 /// Asks the reloader for a config reload and waits for the outcome.
@@ -47,15 +54,123 @@ pub struct AdminContext {
 pub struct AdminServer {
     /// The configured address.
     pub addr: SocketAddr,
+    token: Arc<ArcSwapOption<String>>,
     _stop: watch::Sender<bool>,
 }
 
-/// Binds `addr` and serves the admin API on it.
-pub async fn start(addr: SocketAddr, ctx: AdminContext) -> anyhow::Result<AdminServer> {
-    let listener = bind(addr).await?;
-    if let Ok(local) = listener.local_addr() {
-        tracing::info!("admin API on http://{local}");
+impl AdminServer {
+    /// Takes a reloaded config's token.
+    pub fn update(&self, config: &AdminConfig) {
+        self.token.store(token_of(config).map(Arc::new));
     }
+}
+
+/// The bearer token in `file`, trimmed; refused if empty.
+pub fn read_token(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", file.display()));
+    }
+    Ok(token.to_string())
+}
+
+fn token_of(config: &AdminConfig) -> Option<String> {
+    config
+        .token_file
+        .as_deref()
+        .and_then(|f| read_token(f).ok())
+}
+
+/// Who may talk to the admin API.
+struct Guard {
+    /// The port the listener really has (the config may say 0).
+    port: u16,
+    token: Arc<ArcSwapOption<String>>,
+}
+
+impl Guard {
+    /// Whether `authority` (a `Host` value, or an `Origin` without its
+    /// scheme) names this listener.
+    fn ours(&self, authority: &str) -> bool {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') || !h.contains(':')) => {
+                (h, Some(p))
+            }
+            _ => (authority, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p == self.port));
+        // A DNS-rebinding page names its own domain: an IP literal (as a
+        // remote admin listener is reached) or localhost is safe.
+        let host_ok =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok();
+        port_ok && host_ok
+    }
+
+    /// Why `req` may not be served, if it may not.
+    fn refuse(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if let Some(h) = host
+            && !self.ours(h)
+        {
+            return Some(error_response(
+                StatusCode::FORBIDDEN,
+                "the admin API answers only to its own address or localhost",
+            ));
+        }
+        if let Some(origin) = req.headers().get(ORIGIN) {
+            let ok = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.strip_prefix("http://"))
+                .is_some_and(|o| self.ours(o));
+            if !ok {
+                return Some(error_response(
+                    StatusCode::FORBIDDEN,
+                    "requests from web pages are not allowed",
+                ));
+            }
+        }
+        if let Some(token) = self.token.load_full() {
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+                let mut resp = error_response(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return Some(resp);
+            }
+        }
+        None
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Binds the admin address and serves the admin API on it.
+pub async fn start(config: &AdminConfig, ctx: AdminContext) -> anyhow::Result<AdminServer> {
+    let addr = config.addr;
+    let listener = bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!("admin API on http://{local}");
+    let token = Arc::new(ArcSwapOption::new(token_of(config).map(Arc::new)));
+    let guard = Arc::new(Guard {
+        port: local.port(),
+        token: token.clone(),
+    });
     let (stop_tx, mut stop) = watch::channel(false);
     tokio::spawn(async move {
         loop {
@@ -63,13 +178,25 @@ pub async fn start(addr: SocketAddr, ctx: AdminContext) -> anyhow::Result<AdminS
                 _ = stop.changed() => return,
                 a = listener.accept() => match a {
                     Ok((s, _)) => s,
-                    Err(_) => continue,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, don't spin.
+                        tracing::warn!("admin accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 },
             };
             let ctx = ctx.clone();
+            let guard = guard.clone();
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                let guard = guard.clone();
+                async move {
+                    if let Some(refused) = guard.refuse(&req) {
+                        return Ok::<_, Infallible>(refused);
+                    }
+                    Ok::<_, Infallible>(handle(&ctx, req).await)
+                }
             });
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -80,6 +207,7 @@ pub async fn start(addr: SocketAddr, ctx: AdminContext) -> anyhow::Result<AdminS
     });
     Ok(AdminServer {
         addr,
+        token,
         _stop: stop_tx,
     })
 }

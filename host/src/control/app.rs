@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::access_log::AccessLog;
+use super::metrics::Metrics;
+use super::reload::Reloader;
+use super::runtime::{self, Built};
 use crate::config::{AccessLogConfig, Config};
-use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, StateRegistry};
 use crate::proxy::Proxy;
-use crate::reload::Reloader;
-use crate::runtime::Runtime;
+use crate::proxy::access_log::AccessLog;
 use crate::upstream::BackendRegistry;
 
 /// [`App`] holds what outlives any one config: the Wasm engine (and its
@@ -25,13 +25,16 @@ pub struct App {
     pub backends: BackendRegistry,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Worker threads serving requests: each gets a policy instance made
+    /// ahead of time.
+    pub workers: usize,
     /// The access log writer, kept across reloads while its settings stay.
     access_log: Mutex<Option<(AccessLogConfig, AccessLog)>>,
 }
 
 impl App {
-    /// A new engine and empty state.
-    pub fn new() -> anyhow::Result<App> {
+    /// A new engine and empty state, for `workers` worker threads.
+    pub fn new(workers: usize) -> anyhow::Result<App> {
         let engine = PolicyEngine::new()
             .map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
         Ok(App {
@@ -39,6 +42,7 @@ impl App {
             states: StateRegistry::default(),
             backends: BackendRegistry::default(),
             metrics: Metrics::new(),
+            workers: workers.max(1),
             access_log: Mutex::new(None),
         })
     }
@@ -48,7 +52,8 @@ impl App {
     pub fn access_log(&self, config: &AccessLogConfig) -> std::io::Result<AccessLog> {
         let mut current = self.access_log.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((c, log)) = &*current
-            && c == config
+            && c.path == config.path
+            && c.format == config.format
         {
             return Ok(log.clone());
         }
@@ -65,25 +70,25 @@ impl App {
 
     /// Builds the first runtime from a checked config, or says every reason
     /// it cannot be, one per line.
-    pub fn build(&self, config: Config) -> anyhow::Result<Runtime> {
-        Runtime::build(config, self, 1).map_err(|errors| {
+    pub fn build(&self, config: Config) -> anyhow::Result<Built> {
+        runtime::build(config, self, 1).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!(lines.join("\n"))
         })
     }
 
     /// Loads a config file and builds its runtime.
-    pub fn load(&self, file: &Path) -> anyhow::Result<Runtime> {
+    pub fn load(&self, file: &Path) -> anyhow::Result<Built> {
         let config = Config::load(file)?;
         self.build(config)
     }
 }
 
-/// Serves `runtime` until SIGTERM or SIGINT, reloading on SIGHUP, on
+/// Serves `built` until SIGTERM or SIGINT, reloading on SIGHUP, on
 /// `POST /reload` and (if `watch`) when the config or a policy file
 /// changes; then drains.
-pub async fn serve(app: Arc<App>, runtime: Runtime, watch: bool) -> anyhow::Result<()> {
-    for up in &runtime.upstreams {
+pub async fn serve(app: Arc<App>, built: Built, watch: bool) -> anyhow::Result<()> {
+    for up in &built.runtime.upstreams {
         tracing::info!(
             upstream = %up.name,
             policy = %up.policy().name(),
@@ -91,8 +96,9 @@ pub async fn serve(app: Arc<App>, runtime: Runtime, watch: bool) -> anyhow::Resu
             "upstream ready"
         );
     }
+    let Built { runtime, listeners } = built;
     let proxy = Proxy::new(runtime, app.metrics.unrouted.clone());
-    let reloader = Reloader::start(app, proxy, watch).await?;
+    let reloader = Reloader::start(app, proxy, listeners, watch).await?;
     reloader.run(shutdown_signal()).await;
     Ok(())
 }

@@ -6,88 +6,18 @@
 //! counting is one relaxed atomic add. Gauges (backend health, in-flight,
 //! policy health) are read from the running config at scrape time.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use http::StatusCode;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::policy::PolicyFailure;
-use crate::runtime::Runtime;
-
-/// Upper bounds of the decision-latency buckets, in nanoseconds.
-const LATENCY_BOUNDS_NS: [u64; 14] = [
-    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 10_000_000,
-];
-
-/// [`LatencyHistogram`] is a lock-free histogram of durations (the
-/// `prometheus-client` one takes a lock per observation).
-#[derive(Debug, Clone, Default)]
-pub struct LatencyHistogram(Arc<HistogramInner>);
-
-#[derive(Debug, Default)]
-struct HistogramInner {
-    /// One per bound, plus +Inf.
-    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// Records one duration.
-    pub fn observe(&self, d: Duration) {
-        let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let i = LATENCY_BOUNDS_NS
-            .iter()
-            .position(|&b| ns <= b)
-            .unwrap_or(LATENCY_BOUNDS_NS.len());
-        let inner = &*self.0;
-        inner.buckets[i].fetch_add(1, Ordering::Relaxed);
-        inner.count.fetch_add(1, Ordering::Relaxed);
-        inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.0.count.load(Ordering::Relaxed)
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let inner = &*self.0;
-        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
-            .iter()
-            .map(|&b| b as f64 / 1e9)
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(inner.buckets.iter().map(|c| c.load(Ordering::Relaxed)))
-            .collect();
-        // The count is taken from the buckets read just now, so the two agree
-        // even while observations race with the scrape.
-        let count = buckets.iter().map(|(_, c)| c).sum();
-        encoder.encode_histogram::<NoLabelSet>(
-            inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-            count,
-            &buckets,
-            None,
-        )
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
+use crate::proxy::Runtime;
+use crate::upstream::FailureKind;
+use crate::upstream::counters::{
+    BackendMetrics, ByClass, CLASSES, LatencyHistogram, UpstreamMetrics,
+};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -124,52 +54,11 @@ struct BackendLabels {
     backend: String,
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// The index of `status`'s class in a `[Counter; 5]`.
-pub fn class(status: StatusCode) -> usize {
-    (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1
-}
-
-/// Responses by status class.
-#[derive(Debug, Clone, Default)]
-pub struct ByClass([Counter; 5]);
-
-impl ByClass {
-    /// Counts one response.
-    pub fn count(&self, status: StatusCode) {
-        self.0[class(status)].inc();
-    }
-}
-
-/// Handles for one upstream group.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamMetrics {
-    /// Decisions the policy made.
-    pub decisions: Counter,
-    failures: [Counter; PolicyFailure::KINDS.len()],
-    /// Time spent in the policy per decision.
-    pub decision_seconds: LatencyHistogram,
-    /// Responses the proxy wrote itself (no backend answered).
-    pub unanswered: ByClass,
-    /// Hot swaps that took effect.
-    pub swaps: Counter,
-    /// Hot swaps refused.
-    pub failed_swaps: Counter,
-}
-
-impl UpstreamMetrics {
-    /// Counts a policy failure.
-    pub fn failure(&self, f: &PolicyFailure) {
-        self.failures[f.kind_index()].inc();
-    }
-}
-
-/// Handles for one backend.
-#[derive(Debug, Clone, Default)]
-pub struct BackendMetrics {
-    /// Responses by status class.
-    pub responses: ByClass,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    upstream: String,
+    backend: String,
+    kind: String,
 }
 
 /// [`Metrics`] is the process's metric registry.
@@ -182,7 +71,9 @@ pub struct Metrics {
     swaps: Family<ResultLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     decision_seconds: Family<UpstreamLabels, LatencyHistogram>,
-    /// Requests no route matched.
+    attempt_failures: Family<AttemptLabels, Counter>,
+    busy: Family<UpstreamLabels, Counter>,
+    /// Requests no route matched (or refused before routing).
     pub unrouted: ByClass,
 }
 
@@ -202,6 +93,18 @@ impl Metrics {
         let swaps = Family::<ResultLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let decision_seconds = Family::<UpstreamLabels, LatencyHistogram>::default();
+        let attempt_failures = Family::<AttemptLabels, Counter>::default();
+        let busy = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "backend_failures",
+            "Attempts on a backend that did not end in a complete response, by kind (too_large, busy and client_gone do not count against the backend's health)",
+            attempt_failures.clone(),
+        );
+        registry.register(
+            "upstream_busy",
+            "Requests refused with 503 because every backend tried was at max-connections-per-backend",
+            busy.clone(),
+        );
         registry.register(
             "requests",
             "Responses sent to clients, by upstream, backend (empty when the proxy answered itself) and status class",
@@ -247,6 +150,8 @@ impl Metrics {
             swaps,
             reloads,
             decision_seconds,
+            attempt_failures,
+            busy,
             unrouted,
         }
     }
@@ -282,6 +187,7 @@ impl Metrics {
             unanswered: self.by_class(name, ""),
             swaps: self.swaps.get_or_create_owned(&result("ok")),
             failed_swaps: self.swaps.get_or_create_owned(&result("failed")),
+            busy: self.busy.get_or_create_owned(&up),
         }
     }
 
@@ -289,6 +195,13 @@ impl Metrics {
     pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
         BackendMetrics {
             responses: self.by_class(upstream, backend),
+            failures: std::array::from_fn(|i| {
+                self.attempt_failures.get_or_create_owned(&AttemptLabels {
+                    upstream: upstream.into(),
+                    backend: backend.into(),
+                    kind: FailureKind::ALL[i].label().into(),
+                })
+            }),
         }
     }
 
@@ -355,14 +268,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_classes_index_their_counters() {
-        assert_eq!(class(StatusCode::OK), 1);
-        assert_eq!(class(StatusCode::NOT_FOUND), 3);
-        assert_eq!(class(StatusCode::BAD_GATEWAY), 4);
-        assert_eq!(class(StatusCode::SWITCHING_PROTOCOLS), 0);
-    }
+    use http::StatusCode;
+    use std::time::Duration;
 
     #[test]
     fn handles_resolved_twice_count_into_one_series() {

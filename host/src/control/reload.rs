@@ -18,14 +18,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::admin::{self, AdminContext, AdminServer, ReloadRequest};
-use crate::app::App;
+use super::admin::{self, AdminContext, AdminServer, ReloadRequest};
+use super::app::App;
+use super::runtime::{self, Built};
+use super::watch::{Changed, FileWatcher};
 use crate::config::Config;
-use crate::health;
-use crate::proxy::Proxy;
-use crate::runtime::Runtime;
-use crate::server::Listeners;
-use crate::watch::{Changed, FileWatcher};
+use crate::edge::{ListenerSpec, Listeners};
+use crate::proxy::{Proxy, Runtime};
+use crate::upstream::health;
 
 /// How long a changed file must stay unchanged before it is read.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -53,6 +53,7 @@ impl Reloader {
     pub async fn start(
         app: Arc<App>,
         proxy: Arc<Proxy>,
+        listeners: Vec<ListenerSpec>,
         watch_allowed: bool,
     ) -> anyhow::Result<Reloader> {
         let runtime = proxy.runtime();
@@ -79,16 +80,16 @@ impl Reloader {
             watcher,
             changes,
             pending: HashMap::new(),
-            checks: health::start(&runtime),
+            checks: health::start(&runtime.upstreams),
         };
         // Watch first: a change made once the proxy answers must be seen.
         reloader.watch(&runtime);
-        let bound = reloader.listeners.bind_missing(&runtime.listeners).await?;
+        let bound = reloader.listeners.bind_missing(&listeners).await?;
         reloader
             .listeners
-            .commit(bound, &runtime.listeners, &runtime.config.limits);
-        if let Some(addr) = runtime.config.admin {
-            reloader.admin = Some(admin::start(addr, reloader.admin_context()).await?);
+            .commit(bound, &listeners, &runtime.config.limits);
+        if let Some(config) = &runtime.config.admin {
+            reloader.admin = Some(admin::start(config, reloader.admin_context()).await?);
         }
         Ok(reloader)
     }
@@ -104,7 +105,7 @@ impl Reloader {
     fn watch(&mut self, runtime: &Runtime) {
         let Some(w) = &mut self.watcher else { return };
         if self.watch_allowed && runtime.config.watch {
-            let mut files = runtime.policy_files();
+            let mut files = runtime::policy_files(runtime);
             files.push(&runtime.config.file);
             w.set(files);
         } else {
@@ -176,8 +177,10 @@ impl Reloader {
         let runtime = self.proxy.runtime();
         let app = self.app.clone();
         let file = path.clone();
-        let swaps = match tokio::task::spawn_blocking(move || runtime.swap_policy_file(&app, &file))
-            .await
+        let swaps = match tokio::task::spawn_blocking(move || {
+            runtime::swap_policy_file(&runtime, &app, &file)
+        })
+        .await
         {
             Ok(s) => s,
             Err(e) => {
@@ -218,9 +221,9 @@ impl Reloader {
     async fn try_reload(&mut self) -> Result<u64, String> {
         let generation = self.proxy.runtime().generation + 1;
         let (app, file) = (self.app.clone(), self.config_file.clone());
-        let runtime = tokio::task::spawn_blocking(move || {
+        let built = tokio::task::spawn_blocking(move || {
             let config = Config::load(&file).map_err(|e| e.to_string())?;
-            Runtime::build(config, &app, generation).map_err(|errors| {
+            runtime::build(config, &app, generation).map_err(|errors| {
                 errors
                     .iter()
                     .map(|e| e.to_string())
@@ -231,13 +234,17 @@ impl Reloader {
         .await
         .map_err(|e| format!("reload task failed: {e}"))??;
 
+        let Built { runtime, listeners } = built;
         let bound = self
             .listeners
-            .bind_missing(&runtime.listeners)
+            .bind_missing(&listeners)
             .await
             .map_err(|e| e.to_string())?;
-        let admin = match (runtime.config.admin, &self.admin) {
-            (Some(new), Some(old)) if new == old.addr => None,
+        let admin = match (&runtime.config.admin, &self.admin) {
+            (Some(new), Some(old)) if new.addr == old.addr => {
+                old.update(new);
+                None
+            }
             (Some(new), _) => Some(Some(
                 admin::start(new, self.admin_context())
                     .await
@@ -250,12 +257,12 @@ impl Reloader {
         let runtime = Arc::new(runtime);
         self.proxy.replace_arc(runtime.clone());
         self.listeners
-            .commit(bound, &runtime.listeners, &runtime.config.limits);
+            .commit(bound, &listeners, &runtime.config.limits);
         if let Some(admin) = admin {
             self.admin = admin;
         }
         self.watch(&runtime);
-        self.checks = health::start(&runtime);
+        self.checks = health::start(&runtime.upstreams);
         self.app.backends.prune();
         Ok(generation)
     }

@@ -1,56 +1,51 @@
-//! Listeners: accept connections (TLS with ALPN, or plain with HTTP/1.1 and
-//! h2c prior knowledge), serve them through the [`Proxy`], follow config
-//! reloads (a listener whose address did not change keeps its socket; its
-//! certificate and limits are updated in place), and drain gracefully on
-//! shutdown.
+//! The edge: listeners and client connections, up to the request path.
+//!
+//! [`Listeners`] accept connections (TLS with ALPN, or plain with HTTP/1.1
+//! and h2c prior knowledge), each served by a task ([`conn`]), follow
+//! config reloads (a listener whose address did not change keeps its
+//! socket; its certificate and limits are updated in place), and drain
+//! gracefully on shutdown.
+//!
+//! At `max-connections`, idle connections and those that have not sent a
+//! complete request head go first, oldest first (nginx and HAProxy close
+//! idle keep-alive connections the same way), so slow or idle clients
+//! cannot keep new ones out; only when every connection is busy do new
+//! clients wait in the kernel's queue.
+
+pub mod conn;
+mod h2;
+mod io;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
-use crate::headers::Peer;
 use crate::proxy::Proxy;
+use crate::proxy::client::ClientConn;
+use conn::{Conn, Tracked};
+
+/// Idle connections asked to close at once when a listener is full (as
+/// nginx's `ngx_drain_connections`).
+const EVICT_BATCH: usize = 32;
+/// How often a full listener with only busy connections looks again for
+/// one that has become idle.
+const EVICT_RETRY: Duration = Duration::from_millis(50);
 
 /// Binds `addr`, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
-}
-
-/// How hyper serves client connections, from the config's limits.
-fn builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // Also bounds how long a kept-alive connection may sit idle.
-        .header_read_timeout(limits.client_idle_timeout)
-        .max_buf_size(limits.max_header_size.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    b
 }
 
 /// One listener as a config wants it.
@@ -60,6 +55,58 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     /// TLS, if this is an HTTPS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// [`Registry`] is a listener's open connections, oldest first, so that at
+/// the connection limit the idle ones can be asked to go.
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<Vec<Weak<Tracked>>>,
+}
+
+impl Registry {
+    fn add(&self, t: &Arc<Tracked>, limit: usize) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= limit.saturating_mul(2).max(64) {
+            conns.retain(|w| w.strong_count() > 0);
+        }
+        conns.push(Arc::downgrade(t));
+    }
+
+    /// Asks up to `n` idle connections, oldest first, to close; how many
+    /// were asked.
+    fn evict(&self, n: usize) -> usize {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|w| w.strong_count() > 0);
+        let mut asked = 0;
+        for t in conns.iter().filter_map(Weak::upgrade) {
+            if asked == n {
+                break;
+            }
+            if t.client.active() == 0 {
+                t.evict.notify_one();
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
+/// Connection tasks alive, for the drain at shutdown.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
 }
 
 struct Active {
@@ -92,9 +139,9 @@ pub struct Bound(Vec<(Key, TcpListener)>);
 /// address.
 pub struct Listeners {
     proxy: Arc<Proxy>,
-    builder: Arc<ArcSwap<auto::Builder<TokioExecutor>>>,
-    idle_timeout: Arc<ArcSwap<Duration>>,
-    graceful: Arc<GracefulShutdown>,
+    limits: Arc<ArcSwap<ClientLimits>>,
+    shutdown: watch::Sender<bool>,
+    live: Arc<Live>,
     active: HashMap<Key, Active>,
 }
 
@@ -103,9 +150,9 @@ impl Listeners {
     pub fn new(proxy: Arc<Proxy>, limits: &ClientLimits) -> Listeners {
         Listeners {
             proxy,
-            builder: Arc::new(ArcSwap::from_pointee(builder(limits))),
-            idle_timeout: Arc::new(ArcSwap::from_pointee(limits.client_idle_timeout)),
-            graceful: Arc::new(GracefulShutdown::new()),
+            limits: Arc::new(ArcSwap::from_pointee(limits.clone())),
+            shutdown: watch::channel(false).0,
+            live: Arc::default(),
             active: HashMap::new(),
         }
     }
@@ -126,67 +173,21 @@ impl Listeners {
     /// (certificate, limits), and closes those not in `specs` (their open
     /// connections finish normally).
     pub fn commit(&mut self, bound: Bound, specs: &[ListenerSpec], limits: &ClientLimits) {
-        self.builder.store(Arc::new(builder(limits)));
-        self.idle_timeout
-            .store(Arc::new(limits.client_idle_timeout));
+        self.limits.store(Arc::new(limits.clone()));
         let keyed = keyed(specs);
         let spec_of = |key: &Key| keyed.iter().find(|(k, _)| k == key).map(|(_, s)| *s);
         for (key, listener) in bound.0 {
-            let Some(spec) = spec_of(&key) else { continue };
-            let addr = key.0;
-            let scheme = if spec.tls.is_some() { "https" } else { "http" };
-            match listener.local_addr() {
-                Ok(local) => tracing::info!("listening on {scheme}://{local}"),
-                Err(e) => tracing::warn!("listener {addr}: {e}"),
+            if spec_of(&key).is_none() {
+                continue;
             }
-            let (stop, stopped) = watch::channel(false);
-            let tls = Arc::new(ArcSwapOption::empty());
-            let permits = Arc::new(Semaphore::new(limits.max_connections));
-            let task = tokio::spawn(accept_loop(
-                listener,
-                Accepting {
-                    proxy: self.proxy.clone(),
-                    builder: self.builder.clone(),
-                    idle_timeout: self.idle_timeout.clone(),
-                    graceful: self.graceful.clone(),
-                    tls: tls.clone(),
-                    permits: permits.clone(),
-                },
-                stopped,
-            ));
-            self.active.insert(
-                key,
-                Active {
-                    stop,
-                    task,
-                    tls,
-                    permits,
-                    max_connections: limits.max_connections,
-                },
-            );
+            self.start(key, listener, limits.max_connections, spec_of(&key));
         }
         for (key, active) in &mut self.active {
             let Some(spec) = spec_of(key) else { continue };
             active
                 .tls
                 .store(spec.tls.clone().map(|c| Arc::new(TlsAcceptor::from(c))));
-            let (old, new) = (active.max_connections, limits.max_connections);
-            if new > old {
-                active.permits.add_permits(new - old);
-            } else if new < old {
-                // Permits in use are taken back as connections close.
-                let taken = active.permits.forget_permits(old - new);
-                if taken < old - new {
-                    let p = active.permits.clone();
-                    let rest = (old - new - taken) as u32;
-                    tokio::spawn(async move {
-                        if let Ok(permits) = p.acquire_many(rest).await {
-                            permits.forget();
-                        }
-                    });
-                }
-            }
-            active.max_connections = new;
+            resize(active, limits.max_connections);
         }
         let gone: Vec<Key> = self
             .active
@@ -202,8 +203,50 @@ impl Listeners {
         }
     }
 
-    /// Stops accepting, then lets open connections finish for up to
-    /// `grace`.
+    fn start(
+        &mut self,
+        key: Key,
+        listener: TcpListener,
+        max_connections: usize,
+        spec: Option<&ListenerSpec>,
+    ) {
+        let scheme = if spec.is_some_and(|s| s.tls.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
+        match listener.local_addr() {
+            Ok(local) => tracing::info!("listening on {scheme}://{local}"),
+            Err(e) => tracing::warn!("listener {}: {e}", key.0),
+        }
+        let (stop, stopped) = watch::channel(false);
+        let tls = Arc::new(ArcSwapOption::empty());
+        let permits = Arc::new(Semaphore::new(max_connections));
+        let accepting = Accepting {
+            proxy: self.proxy.clone(),
+            limits: self.limits.clone(),
+            shutdown: self.shutdown.subscribe(),
+            live: self.live.clone(),
+            tls: tls.clone(),
+            permits: permits.clone(),
+            registry: Arc::default(),
+        };
+        let task = tokio::spawn(accept_loop(listener, accepting, stopped));
+        self.active.insert(
+            key,
+            Active {
+                stop,
+                task,
+                tls,
+                permits,
+                max_connections,
+            },
+        );
+    }
+
+    /// Stops accepting, asks every connection to finish (HTTP/1.1 after
+    /// its request in progress, HTTP/2 with `GOAWAY`), and waits up to
+    /// `grace` for them.
     pub async fn shutdown(self, grace: Duration) {
         for a in self.active.values() {
             let _ = a.stop.send(true);
@@ -211,38 +254,59 @@ impl Listeners {
         for (_, a) in self.active {
             let _ = a.task.await;
         }
-        // The accept tasks held the only other references.
-        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
-            return;
+        let _ = self.shutdown.send(true);
+        let drained = async {
+            loop {
+                let zero = self.live.zero.notified();
+                tokio::pin!(zero);
+                zero.as_mut().enable();
+                if self.live.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                zero.await;
+            }
         };
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = drained => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period of {grace:?} over, closing remaining connections"),
         }
     }
 }
 
+/// Follows a change of `max-connections` on a running listener.
+fn resize(active: &mut Active, new: usize) {
+    let old = active.max_connections;
+    if new > old {
+        active.permits.add_permits(new - old);
+    } else if new < old {
+        // Permits in use are taken back as connections close.
+        let taken = active.permits.forget_permits(old - new);
+        if taken < old - new {
+            let p = active.permits.clone();
+            let rest = (old - new - taken) as u32;
+            tokio::spawn(async move {
+                if let Ok(permits) = p.acquire_many(rest).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+    active.max_connections = new;
+}
+
 /// What an accept loop shares with its listener set.
 struct Accepting {
     proxy: Arc<Proxy>,
-    builder: Arc<ArcSwap<auto::Builder<TokioExecutor>>>,
-    idle_timeout: Arc<ArcSwap<Duration>>,
-    graceful: Arc<GracefulShutdown>,
+    limits: Arc<ArcSwap<ClientLimits>>,
+    shutdown: watch::Receiver<bool>,
+    live: Arc<Live>,
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
     permits: Arc<Semaphore>,
+    registry: Arc<Registry>,
 }
 
 async fn accept_loop(listener: TcpListener, a: Accepting, mut stop: watch::Receiver<bool>) {
     loop {
-        // At the connection limit, wait for a connection to close before
-        // accepting another (the kernel queues the rest).
-        let permit = tokio::select! {
-            _ = stop.changed() => return,
-            p = a.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
@@ -255,136 +319,62 @@ async fn accept_loop(listener: TcpListener, a: Accepting, mut stop: watch::Recei
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            proxy: a.proxy.clone(),
-            builder: a.builder.load_full(),
-            watcher: a.graceful.watcher(),
-            peer,
-            idle_timeout: *a.idle_timeout.load_full(),
-        };
-        let tls = a.tls.load_full();
-        tokio::spawn(async move {
-            match tls {
-                None => conn.serve(stream, false).await,
-                Some(acceptor) => conn.serve_tls(&acceptor, stream).await,
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// One accepted client connection.
-struct Conn {
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    peer: SocketAddr,
-    idle_timeout: Duration,
-}
-
-impl Conn {
-    async fn serve_tls(self, acceptor: &TlsAcceptor, stream: TcpStream) {
-        let handshake =
-            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-        match handshake {
-            Ok(Ok(tls)) => self.serve(tls, true).await,
-            Ok(Err(e)) => tracing::debug!(client = %self.peer, "TLS handshake failed: {e}"),
-            Err(_) => tracing::debug!(client = %self.peer, "TLS handshake timed out"),
-        }
-    }
-
-    async fn serve<I>(self, io: I, https: bool)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let Conn {
-            proxy,
-            builder,
-            watcher,
-            peer,
-            idle_timeout,
-        } = self;
-        let client = Peer::new(peer);
-        let service = service_fn(move |req| proxy.clone().handle(req, client.clone(), https));
-        // hyper-util reads the first bytes itself to tell HTTP/1 from h2,
-        // with no timeout: bound that wait, or an idle client would hold
-        // the connection forever.
-        let io = FirstByteTimeout::new(io, idle_timeout);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(client = %peer, "connection ended: {e}");
-        }
-    }
-}
-
-/// An IO whose reads fail with `TimedOut` if the first byte does not come
-/// within the timeout; after that it is the IO itself.
-struct FirstByteTimeout<I> {
-    io: I,
-    wait: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<I> FirstByteTimeout<I> {
-    fn new(io: I, timeout: Duration) -> Self {
-        FirstByteTimeout {
-            io,
-            wait: Some(Box::pin(tokio::time::sleep(timeout))),
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for FirstByteTimeout<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if self.wait.is_some() {
-            match &polled {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => self.wait = None,
-                Poll::Pending => {
-                    if let Some(w) = self.wait.as_mut()
-                        && w.as_mut().poll(cx).is_ready()
-                    {
-                        return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        let permit = match a.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: ask idle connections to make room for this one,
+                // then wait for a slot (the kernel queues the next clients
+                // meanwhile).
+                let mut asked = a.registry.evict(EVICT_BATCH);
+                tracing::debug!(
+                    "at max-connections ({}): {asked} idle connection(s) asked to close",
+                    a.limits.load().max_connections
+                );
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        p = a.permits.clone().acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => return,
+                        },
+                        // Every connection was busy: look again as they
+                        // finish their requests.
+                        _ = tokio::time::sleep(EVICT_RETRY), if asked == 0 => {
+                            asked = a.registry.evict(EVICT_BATCH);
+                        }
                     }
                 }
-                _ => {}
             }
-        }
-        polled
+        };
+        spawn_conn(&a, stream, peer, permit);
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteTimeout<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+fn spawn_conn(
+    a: &Accepting,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = a.limits.load_full();
+    let tls = a.tls.load_full();
+    let tracked = Arc::new(Tracked {
+        client: ClientConn::new(peer, tls.is_some(), conn::initial_send_timeout()),
+        evict: Arc::new(Notify::new()),
+    });
+    a.registry.add(&tracked, limits.max_connections);
+    a.live.count.fetch_add(1, Ordering::AcqRel);
+    let live = LiveGuard(a.live.clone());
+    let conn = Conn {
+        proxy: a.proxy.clone(),
+        limits: (*limits).clone(),
+        tracked,
+        shutdown: a.shutdown.clone(),
+        permit,
+    };
+    tokio::spawn(async move {
+        let _live = live;
+        conn.run(stream, tls).await;
+    });
 }

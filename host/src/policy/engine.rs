@@ -107,6 +107,7 @@ impl PolicyEngine {
         PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let mut wasi_linker = linker.clone();
         wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)?;
+        super::wasi::forbid_blocking(&mut wasi_linker)?;
         let ticker =
             if options.deadlines {
                 Some(Ticker::start(engine.clone()).map_err(|e| {

@@ -1,8 +1,8 @@
 //! The host side of the WIT imports: what a policy's calls to `request`,
 //! `counter`, the key-value store, `random-u64`, `now-ns` and `log` do.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::header::{COOKIE, HOST};
@@ -31,12 +31,23 @@ pub struct HostState {
     pub deadline: DeadlineWatch,
     /// WASI state, created on first use by a policy that imports WASI.
     pub wasi: Option<wasmtime_wasi::WasiCtx>,
+    /// Counter handles open in `table`.
+    pub counters_open: usize,
+    /// The policy's log lines, rate-limited.
+    pub logs: Arc<LogLimiter>,
 }
 
 impl HostState {
     /// A fresh state for a new instance.
-    pub fn new(shared: Arc<SharedState>, label: Arc<str>, memory_cap: u64) -> Self {
+    pub fn new(
+        shared: Arc<SharedState>,
+        label: Arc<str>,
+        memory_cap: u64,
+        logs: Arc<LogLimiter>,
+    ) -> Self {
         HostState {
+            counters_open: 0,
+            logs,
             request: RequestView::placeholder(),
             table: ResourceTable::new(),
             shared,
@@ -51,6 +62,57 @@ impl HostState {
 
 /// Tables a policy may grow to (function references); generous, bounded.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Counter handles one instance may hold open at once: the host keeps each
+/// in a table outside `policy-memory`, so a guest opening one per request
+/// would grow the proxy without bound.
+pub const MAX_COUNTER_HANDLES: usize = 1024;
+
+/// Log lines a policy may write in a burst, and per second after that.
+const LOG_BURST: f64 = 50.0;
+const LOG_PER_SECOND: f64 = 20.0;
+
+/// [`LogLimiter`] rate-limits one policy's log lines (host `log` calls and
+/// WASI stdout/stderr alike), shared by its instances; what it drops is
+/// counted and said in the next line that passes.
+#[derive(Debug)]
+pub struct LogLimiter {
+    label: Arc<str>,
+    state: Mutex<(f64, Instant, u64)>,
+}
+
+impl LogLimiter {
+    /// A full bucket for the policy `label`.
+    pub fn new(label: Arc<str>) -> LogLimiter {
+        LogLimiter {
+            label,
+            state: Mutex::new((LOG_BURST, Instant::now(), 0)),
+        }
+    }
+
+    /// The policy's label, for its log lines.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Whether a line may be written now; `Some(n)` when it may and `n`
+    /// lines were dropped before it.
+    pub fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last, dropped) = &mut *s;
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * LOG_PER_SECOND).min(LOG_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Some(std::mem::take(dropped))
+        } else {
+            *dropped += 1;
+            None
+        }
+    }
+}
 
 impl wasmtime::ResourceLimiter for HostState {
     fn memory_growing(
@@ -217,7 +279,13 @@ impl host::Host for HostState {
     }
 
     fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        let Some(dropped) = self.logs.admit() else {
+            return Ok(());
+        };
         let policy = &*self.label;
+        if dropped > 0 {
+            tracing::warn!(target: "switchyard::policy", policy, "{dropped} log lines dropped (over {LOG_PER_SECOND} a second)");
+        }
         match level {
             host::LogLevel::Debug => {
                 tracing::debug!(target: "switchyard::policy", policy, "{message}")
@@ -238,10 +306,17 @@ impl host::Host for HostState {
 
 impl host::HostCounter for HostState {
     fn new(&mut self, name: String) -> wasmtime::Result<Resource<CounterRes>> {
+        if self.counters_open >= MAX_COUNTER_HANDLES {
+            wasmtime::bail!(
+                "policy holds {MAX_COUNTER_HANDLES} counter handles open; open counters once (in configure) and keep them"
+            );
+        }
         let Some(counter) = self.shared.counter(&name) else {
             wasmtime::bail!("policy opened more than {MAX_COUNTERS} distinct counters");
         };
-        Ok(self.table.push(counter)?)
+        let handle = self.table.push(counter)?;
+        self.counters_open += 1;
+        Ok(handle)
     }
 
     fn fetch_add(&mut self, c: Resource<CounterRes>, delta: u64) -> wasmtime::Result<u64> {
@@ -259,6 +334,7 @@ impl host::HostCounter for HostState {
 
     fn drop(&mut self, c: Resource<CounterRes>) -> wasmtime::Result<()> {
         self.table.delete(c)?;
+        self.counters_open = self.counters_open.saturating_sub(1);
         Ok(())
     }
 }

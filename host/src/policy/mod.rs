@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 pub use engine::{Compiled, EngineOptions, PolicyEngine};
 pub use host_impl::{find_cookie, monotonic_ns, request_host};
+pub use plugin::WINDOW;
 pub use plugin::{PROBE_INTERVAL, WasmPolicy};
 pub use sandbox::TICK;
 pub use shared::{SharedState, StateRegistry};
@@ -62,13 +63,44 @@ pub struct BackendState {
     pub latency_ewma_us: u32,
 }
 
-/// A policy's answer, checked by the host.
+/// A policy's answer as it gave it; the upstream checks it (index in range
+/// and healthy, a valid cookie) before it is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// Index of the chosen backend.
-    pub backend: usize,
-    /// A `Set-Cookie` header value to add to the response.
-    pub set_cookie: Option<http::HeaderValue>,
+    pub backend: u32,
+    /// A cookie to set on the response.
+    pub set_cookie: Option<CookieSpec>,
+}
+
+/// The `SameSite` attribute of a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=None`.
+    None,
+}
+
+/// A cookie a policy asks the proxy to set (see `types.wit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSpec {
+    /// Name (must be a token).
+    pub name: String,
+    /// Value (cookie-octets only).
+    pub value: String,
+    /// `Path`; `/` when none.
+    pub path: Option<String>,
+    /// `Max-Age` in seconds.
+    pub max_age: Option<u64>,
+    /// `HttpOnly`.
+    pub http_only: bool,
+    /// `Secure`.
+    pub secure: bool,
+    /// `SameSite`.
+    pub same_site: Option<SameSite>,
 }
 
 /// Why a policy gave no usable decision for a request. Never a failed
@@ -102,6 +134,10 @@ pub enum PolicyFailure {
     /// Not called: the policy is unhealthy and this request is not a probe.
     #[error("skipped while unhealthy")]
     Skipped,
+    /// Not called: this thread has no instance yet and none was ready; one
+    /// is being made in the background.
+    #[error("no instance ready on this thread yet")]
+    Warming,
 }
 
 impl PolicyFailure {
@@ -117,11 +153,12 @@ impl PolicyFailure {
             PolicyFailure::BadCookie(_) => "bad_cookie",
             PolicyFailure::Unavailable(_) => "unavailable",
             PolicyFailure::Skipped => "skipped",
+            PolicyFailure::Warming => "warming",
         }
     }
 
     /// Every kind, in a fixed order (for metrics).
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "trap",
         "timeout",
         "memory",
@@ -131,6 +168,7 @@ impl PolicyFailure {
         "bad_cookie",
         "unavailable",
         "skipped",
+        "warming",
     ];
 
     /// Index of this failure's kind in [`PolicyFailure::KINDS`].
@@ -164,12 +202,17 @@ pub struct PolicyStatus {
 /// A backend selection policy as the proxy uses it.
 pub trait Policy: Send + Sync {
     /// Chooses a backend. `states` has at least one healthy entry. The
-    /// result is checked: an index in range and healthy.
+    /// caller checks the answer (an index in range and healthy, a valid
+    /// cookie) and then calls [`Policy::settle`] on the same thread.
     fn select(
         &self,
         req: &mut RequestView,
         states: &[BackendState],
     ) -> Result<Decision, PolicyFailure>;
+
+    /// The verdict on this thread's last `select`: usable, or why not. A
+    /// policy keeps its health from these (a `Skipped` call gets none).
+    fn settle(&self, verdict: Result<(), &PolicyFailure>);
 
     /// The name shown in logs and the admin API.
     fn name(&self) -> &str;
@@ -210,11 +253,13 @@ impl Policy for RoundRobin {
     ) -> Result<Decision, PolicyFailure> {
         self.pick(states)
             .map(|backend| Decision {
-                backend,
+                backend: backend as u32,
                 set_cookie: None,
             })
             .ok_or_else(|| PolicyFailure::Error("no healthy backend".into()))
     }
+
+    fn settle(&self, _verdict: Result<(), &PolicyFailure>) {}
 
     fn name(&self) -> &str {
         "native-round-robin"

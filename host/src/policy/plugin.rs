@@ -1,13 +1,18 @@
 //! A loaded policy: a compiled component configured for one upstream group,
 //! with one live instance per worker thread, run under the sandbox.
 //!
-//! Instances are created lazily on each thread from the pre-instantiated
-//! component and reused for every request on that thread, so the request
-//! path takes no lock. Every call has a deadline and every instance a
-//! memory cap. An instance that traps (including running out of time or
-//! memory) is dropped and the next request on that thread gets a fresh one.
-//! After `max-failures` consecutive failures the policy is reported
-//! unhealthy: requests then go to the fallback without calling it, except
+//! Instances are made off the request path: at load (one per worker
+//! thread, plus a spare) and by a background task whenever the spares run
+//! low. A thread takes a spare the first time it needs one, then reuses it
+//! for every request on that thread, so the request path takes no lock and
+//! never waits for an instantiation; a thread that finds no spare sends
+//! that request through the fallback and asks for more. An instance that
+//! traps (including running out of time or memory) is dropped and the
+//! thread takes a spare next time.
+//!
+//! Health: after `max-failures` consecutive failures, or when at least half
+//! of a thread's last [`WINDOW`] calls failed, the policy is reported
+//! unhealthy; requests then go to the fallback without calling it, except
 //! one probe every [`PROBE_INTERVAL`], and the first success heals it.
 
 use std::cell::RefCell;
@@ -16,28 +21,45 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crossbeam_queue::ArrayQueue;
 use thread_local::ThreadLocal;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{PolicyWorld, types};
 use super::engine::{Compiled, PolicyEngine};
-use super::host_impl::{HostState, monotonic_ns};
+use super::host_impl::{HostState, LogLimiter, monotonic_ns};
 use super::sandbox::{Ticker, deadline_ticks};
 use super::shared::SharedState;
 use super::{
-    BackendState, Decision, LoadError, Policy, PolicyFailure, PolicyStatus, RequestView, describe,
+    BackendState, CookieSpec, Decision, LoadError, Policy, PolicyFailure, PolicyStatus,
+    RequestView, SameSite, describe,
 };
 use crate::config::{SandboxConfig, UpstreamConfig};
 
 /// How often an unhealthy policy is tried again.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Time allowed to instantiate an instance and run its `configure`.
-const LOAD_DEADLINE: Duration = Duration::from_secs(2);
+/// Calls per thread over which the failure rate is judged.
+pub const WINDOW: u32 = 20;
+
+/// Time allowed for the first instance of a load: instantiation,
+/// `configure` and a first `select`, which may be slow (fresh memory, lazy
+/// initialisation). Every later instance gets `policy-timeout`.
+const FIRST_LOAD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Spare instances kept ready once every worker thread has one.
+const SPARES: usize = 2;
+
+/// After a failed background instantiation, wait this long before the next.
+const REFILL_BACKOFF: Duration = Duration::from_millis(250);
 
 /// A component policy configured for one upstream group.
 pub struct WasmPolicy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     compiled: Compiled,
     name: String,
     label: Arc<str>,
@@ -48,8 +70,12 @@ pub struct WasmPolicy {
     ticker: Option<Ticker>,
     call_ticks: u64,
     loaded_at: SystemTime,
-    instances: ThreadLocal<RefCell<Option<Live>>>,
+    instances: ThreadLocal<RefCell<Slot>>,
+    spares: ArrayQueue<Live>,
+    refilling: AtomicBool,
+    next_refill_ns: AtomicU64,
     health: Health,
+    logs: Arc<LogLimiter>,
 }
 
 /// Consecutive failures and the unhealthy state.
@@ -58,9 +84,22 @@ struct Health {
     consecutive: AtomicU32,
     unhealthy: AtomicBool,
     next_probe_ns: AtomicU64,
+    /// While unhealthy: successes in a row so far, and how many heal it
+    /// (one after a run of failures; more after a bad failure rate, or a
+    /// policy failing every other call would flap).
+    successes: AtomicU32,
+    heal_after: AtomicU32,
 }
 
-/// One instance, owned by one thread.
+/// One thread's instance and its recent record.
+#[derive(Default)]
+struct Slot {
+    live: Option<Live>,
+    calls: u32,
+    failures: u32,
+}
+
+/// One instance.
 struct Live {
     store: Store<HostState>,
     world: PolicyWorld,
@@ -69,22 +108,28 @@ struct Live {
 }
 
 impl WasmPolicy {
-    /// Configures `compiled` for an upstream group and proves it on a first
-    /// instance: it must instantiate, accept its configuration, and answer
-    /// a dry-run `select` for a plain `GET /` with `states` (the live
-    /// backend states) with a usable decision. The dry run sees a copy of
-    /// the group's counters, so it moves no round-robin position.
+    /// Configures `compiled` for an upstream group and proves it: a first
+    /// instance must instantiate, accept its configuration and answer a
+    /// dry-run `select` for a plain `GET /` with `states` (the live backend
+    /// states) twice, the second time within `policy-timeout`; then
+    /// instances for `workers` threads (and a spare) must each instantiate
+    /// and configure within `policy-timeout`, as they will at run time. The
+    /// dry run sees a copy of the group's counters, so it moves no
+    /// round-robin position.
     pub fn load(
         engine: &PolicyEngine,
         compiled: Compiled,
         upstream: &UpstreamConfig,
         shared: Arc<SharedState>,
         states: &[BackendState],
+        workers: usize,
     ) -> Result<WasmPolicy, LoadError> {
         let name = compiled.source.to_string();
         let sandbox = upstream.sandbox;
-        let policy = WasmPolicy {
-            label: format!("{}/{name}", upstream.name).into(),
+        let label: Arc<str> = format!("{}/{name}", upstream.name).into();
+        let inner = Arc::new(Inner {
+            logs: Arc::new(LogLimiter::new(label.clone())),
+            label,
             name,
             compiled,
             shared,
@@ -103,27 +148,48 @@ impl WasmPolicy {
             call_ticks: deadline_ticks(sandbox.timeout),
             loaded_at: SystemTime::now(),
             instances: ThreadLocal::new(),
+            spares: ArrayQueue::new(workers.max(1) + SPARES),
+            refilling: AtomicBool::new(false),
+            next_refill_ns: AtomicU64::new(0),
             health: Health::default(),
-        };
-        let scratch = Arc::new(policy.shared.snapshot());
-        let mut live = policy.instantiate(scratch)?;
-        let mut req = RequestView::placeholder();
-        req.parts.uri = http::Uri::from_static("/");
-        let what = || policy.name.clone();
-        // A first call may be slow (fresh memory, lazy initialisation): the
-        // dry run checks the answer, not the speed.
-        match policy.call(&mut live, &mut req, states, deadline_ticks(LOAD_DEADLINE)) {
-            Ok(_) => Ok(policy),
-            Err(failure) => Err(LoadError::DryRun {
-                what: what(),
-                reason: failure.to_string(),
-            }),
+        });
+        inner.dry_run(states)?;
+        while !inner.spares.is_full() {
+            let live = inner.instantiate(inner.shared.clone(), sandbox.timeout)?;
+            let _ = inner.spares.push(live);
         }
+        Ok(WasmPolicy { inner })
     }
 
     /// Where the policy came from.
     pub fn compiled(&self) -> &Compiled {
-        &self.compiled
+        &self.inner.compiled
+    }
+}
+
+impl Inner {
+    fn dry_run(&self, states: &[BackendState]) -> Result<(), LoadError> {
+        let first = deadline_ticks(FIRST_LOAD_DEADLINE);
+        let mut live = self.instantiate(Arc::new(self.shared.snapshot()), FIRST_LOAD_DEADLINE)?;
+        let mut req = RequestView::placeholder();
+        req.parts.uri = http::Uri::from_static("/");
+        let what = || self.name.clone();
+        for ticks in [first, self.call_ticks] {
+            if let Err(failure) = self.call(&mut live, &mut req, states, ticks) {
+                let reason = match failure {
+                    PolicyFailure::Timeout if ticks == self.call_ticks => format!(
+                        "ran past policy-timeout ({:?}) on its second call",
+                        self.sandbox.timeout
+                    ),
+                    f => f.to_string(),
+                };
+                return Err(LoadError::DryRun {
+                    what: what(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn status_now(&self) -> PolicyStatus {
@@ -147,41 +213,62 @@ impl WasmPolicy {
         }
     }
 
-    fn instantiate(&self, shared: Arc<SharedState>) -> Result<Live, LoadError> {
-        catch_unwind(AssertUnwindSafe(|| self.instantiate_inner(shared))).unwrap_or_else(|panic| {
-            Err(LoadError::Trap {
-                what: self.name.clone(),
-                reason: format!("a host function panicked: {}", panic_message(&panic)),
-            })
-        })
+    /// A configured instance; instantiation and `configure` each get
+    /// `limit`.
+    fn instantiate(&self, shared: Arc<SharedState>, limit: Duration) -> Result<Live, LoadError> {
+        catch_unwind(AssertUnwindSafe(|| self.instantiate_inner(shared, limit))).unwrap_or_else(
+            |panic| {
+                Err(LoadError::Trap {
+                    what: self.name.clone(),
+                    reason: format!("a host function panicked: {}", panic_message(&panic)),
+                })
+            },
+        )
     }
 
-    fn instantiate_inner(&self, shared: Arc<SharedState>) -> Result<Live, LoadError> {
+    fn instantiate_inner(
+        &self,
+        shared: Arc<SharedState>,
+        limit: Duration,
+    ) -> Result<Live, LoadError> {
         let what = || self.name.clone();
+        let ticks = deadline_ticks(limit);
+        let timed_out = |e: &wasmtime::Error| {
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                format!("ran past its time limit ({limit:?}) while instantiating or in configure")
+            } else {
+                describe(e)
+            }
+        };
         let mut store = Store::new(
             self.compiled.pre.engine(),
-            HostState::new(shared, self.label.clone(), self.sandbox.memory),
+            HostState::new(
+                shared,
+                self.label.clone(),
+                self.sandbox.memory,
+                self.logs.clone(),
+            ),
         );
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         if self.ticker.is_some() {
             store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().deadline.on_deadline()));
         }
-        self.set_deadline(&mut store, deadline_ticks(LOAD_DEADLINE));
+        self.set_deadline(&mut store, ticks);
         let world = self
             .compiled
             .pre
             .instantiate(&mut store)
             .map_err(|e| LoadError::Trap {
                 what: what(),
-                reason: describe(&e),
+                reason: timed_out(&e),
             })?;
-        self.set_deadline(&mut store, deadline_ticks(LOAD_DEADLINE));
+        self.set_deadline(&mut store, ticks);
         world
             .switchyard_policy_selector()
             .call_configure(&mut store, &self.config, &self.backends)
             .map_err(|e| LoadError::Trap {
                 what: what(),
-                reason: describe(&e),
+                reason: timed_out(&e),
             })?
             .map_err(|reason| LoadError::Refused {
                 what: what(),
@@ -234,7 +321,10 @@ impl WasmPolicy {
             ))),
             Ok(Err(e)) => Err(classify(&e, store.data().memory_exceeded)),
             Ok(Ok(Err(message))) => Err(PolicyFailure::Error(message)),
-            Ok(Ok(Ok(decision))) => check(decision, states),
+            Ok(Ok(Ok(d))) => Ok(Decision {
+                backend: d.backend,
+                set_cookie: d.set_cookie.map(cookie_spec),
+            }),
         }
     }
 
@@ -259,34 +349,185 @@ impl WasmPolicy {
                 .is_err()
     }
 
-    fn record(&self, result: &Result<Decision, PolicyFailure>) {
-        match result {
-            Ok(_) => {
+    fn mark_unhealthy(&self, why: std::fmt::Arguments<'_>, heal_after: u32) {
+        self.health.successes.store(0, Ordering::Relaxed);
+        self.health.heal_after.store(heal_after, Ordering::Relaxed);
+        if !self.health.unhealthy.swap(true, Ordering::Relaxed) {
+            self.health.next_probe_ns.store(
+                monotonic_ns() + PROBE_INTERVAL.as_nanos() as u64,
+                Ordering::Relaxed,
+            );
+            tracing::warn!(
+                policy = %self.label,
+                "policy unhealthy {why}; requests use the fallback, the policy is retried every {PROBE_INTERVAL:?}"
+            );
+        }
+    }
+
+    /// Counts a failure that is not a call's (an instance that could not
+    /// be made).
+    fn failed(&self, failure: &PolicyFailure) {
+        let n = self.health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.sandbox.max_failures {
+            self.mark_unhealthy(
+                format_args!("after {n} consecutive failures (last: {failure})"),
+                1,
+            );
+        }
+    }
+
+    fn settle_here(&self, slot: &mut Slot, verdict: Result<(), &PolicyFailure>) {
+        slot.calls += 1;
+        match verdict {
+            Ok(()) => {
                 if self.health.consecutive.load(Ordering::Relaxed) != 0 {
                     self.health.consecutive.store(0, Ordering::Relaxed);
-                    if self.health.unhealthy.swap(false, Ordering::Relaxed) {
-                        tracing::info!(policy = %self.label, "policy is healthy again");
-                    }
+                }
+                let h = &self.health;
+                if h.unhealthy.load(Ordering::Relaxed)
+                    && h.successes.fetch_add(1, Ordering::Relaxed) + 1
+                        >= h.heal_after.load(Ordering::Relaxed)
+                    && h.unhealthy.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!(policy = %self.label, "policy is healthy again");
                 }
             }
             Err(failure) => {
-                let n = self.health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= self.sandbox.max_failures
-                    && !self.health.unhealthy.swap(true, Ordering::Relaxed)
-                {
-                    self.health.next_probe_ns.store(
-                        monotonic_ns() + PROBE_INTERVAL.as_nanos() as u64,
-                        Ordering::Relaxed,
-                    );
-                    tracing::warn!(
-                        policy = %self.label,
-                        "policy unhealthy after {n} consecutive failures (last: {failure}); \
-                         requests use the fallback, the policy is retried every {PROBE_INTERVAL:?}"
-                    );
-                }
+                slot.failures += 1;
+                self.health.successes.store(0, Ordering::Relaxed);
+                self.failed(failure);
             }
         }
+        if slot.calls >= WINDOW {
+            if slot.failures * 2 >= slot.calls {
+                let (f, c) = (slot.failures, slot.calls);
+                self.mark_unhealthy(
+                    format_args!("after {f} of its last {c} calls on one thread failed"),
+                    WINDOW / 4,
+                );
+            }
+            slot.calls = 0;
+            slot.failures = 0;
+        }
     }
+
+    /// Tops the spares up in the background, unless that is already under
+    /// way or recently failed.
+    /// Spares wanted: one for a thread that loses its instance; for a
+    /// pooled (WASI) policy, the whole pool.
+    fn target(&self) -> usize {
+        if self.compiled.wasi {
+            self.spares.capacity()
+        } else {
+            SPARES
+        }
+    }
+
+    fn refill(self: &Arc<Self>) {
+        if self.spares.len() >= self.target() {
+            return;
+        }
+        if monotonic_ns() < self.next_refill_ns.load(Ordering::Relaxed)
+            || self.refilling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let inner = self.clone();
+        let work = move || {
+            while inner.spares.len() < inner.target() {
+                match inner.instantiate(inner.shared.clone(), inner.sandbox.timeout) {
+                    Ok(live) => {
+                        if inner.spares.push(live).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %inner.label, "cannot make a new instance: {e}");
+                        inner.failed(&PolicyFailure::Unavailable(e.to_string()));
+                        inner.next_refill_ns.store(
+                            monotonic_ns() + REFILL_BACKOFF.as_nanos() as u64,
+                            Ordering::Relaxed,
+                        );
+                        break;
+                    }
+                }
+            }
+            inner.refilling.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(work);
+            }
+            Err(_) => work(),
+        }
+    }
+
+    fn select_here(
+        self: &Arc<Self>,
+        req: &mut RequestView,
+        states: &[BackendState],
+    ) -> Result<Decision, PolicyFailure> {
+        if self.skip() {
+            return Err(PolicyFailure::Skipped);
+        }
+        if self.compiled.wasi {
+            return self.select_pooled(req, states);
+        }
+        let cell = self.instances.get_or(|| RefCell::new(Slot::default()));
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return Err(PolicyFailure::Unavailable(
+                "re-entered on one thread".into(),
+            ));
+        };
+        let live = match &mut slot.live {
+            Some(live) => live,
+            empty => match self.spares.pop() {
+                Some(live) => {
+                    self.refill();
+                    empty.insert(live)
+                }
+                None => {
+                    self.refill();
+                    return Err(PolicyFailure::Warming);
+                }
+            },
+        };
+        let result = self.call(live, req, states, self.call_ticks);
+        if dead(&result) {
+            // A trapped instance cannot be entered again.
+            slot.live = None;
+            self.refill();
+        }
+        result
+    }
+
+    /// A WASI policy's call runs outside the worker (`block_in_place`), on
+    /// whichever thread that leaves it: instances are taken from the shared
+    /// pool for the call and put back after, rather than kept per thread.
+    fn select_pooled(
+        self: &Arc<Self>,
+        req: &mut RequestView,
+        states: &[BackendState],
+    ) -> Result<Decision, PolicyFailure> {
+        let Some(mut live) = self.spares.pop() else {
+            self.refill();
+            return Err(PolicyFailure::Warming);
+        };
+        let result = self.call(&mut live, req, states, self.call_ticks);
+        if dead(&result) || self.spares.push(live).is_err() {
+            self.refill();
+        }
+        result
+    }
+}
+
+/// Whether a call left its instance unusable (a trapped instance cannot be
+/// entered again).
+fn dead(result: &Result<Decision, PolicyFailure>) -> bool {
+    matches!(
+        result,
+        Err(PolicyFailure::Trap(_) | PolicyFailure::Timeout | PolicyFailure::Memory(_))
+    )
 }
 
 /// Whether this thread is a worker of a multi-threaded Tokio runtime, the
@@ -315,6 +556,22 @@ fn classify(err: &wasmtime::Error, memory_exceeded: bool) -> PolicyFailure {
     }
 }
 
+fn cookie_spec(c: types::SetCookie) -> CookieSpec {
+    CookieSpec {
+        name: c.name,
+        value: c.value,
+        path: c.path,
+        max_age: c.max_age,
+        http_only: c.http_only,
+        secure: c.secure,
+        same_site: c.same_site.map(|s| match s {
+            types::SameSite::Strict => SameSite::Strict,
+            types::SameSite::Lax => SameSite::Lax,
+            types::SameSite::None => SameSite::None,
+        }),
+    }
+}
+
 impl Policy for WasmPolicy {
     fn select(
         &self,
@@ -323,178 +580,30 @@ impl Policy for WasmPolicy {
     ) -> Result<Decision, PolicyFailure> {
         // WASI's synchronous host functions block on Tokio, which a runtime
         // worker may not do: step out of the worker for policies that
-        // import WASI (their instantiation too).
-        if self.compiled.wasi && on_runtime_worker() {
-            tokio::task::block_in_place(|| self.select_here(req, states))
+        // import WASI.
+        if self.inner.compiled.wasi && on_runtime_worker() {
+            tokio::task::block_in_place(|| self.inner.select_here(req, states))
         } else {
-            self.select_here(req, states)
+            self.inner.select_here(req, states)
+        }
+    }
+
+    fn settle(&self, verdict: Result<(), &PolicyFailure>) {
+        let cell = self
+            .inner
+            .instances
+            .get_or(|| RefCell::new(Slot::default()));
+        match cell.try_borrow_mut() {
+            Ok(mut slot) => self.inner.settle_here(&mut slot, verdict),
+            Err(_) => self.inner.settle_here(&mut Slot::default(), verdict),
         }
     }
 
     fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
     fn status(&self) -> PolicyStatus {
-        self.status_now()
-    }
-}
-
-impl WasmPolicy {
-    fn select_here(
-        &self,
-        req: &mut RequestView,
-        states: &[BackendState],
-    ) -> Result<Decision, PolicyFailure> {
-        if self.skip() {
-            return Err(PolicyFailure::Skipped);
-        }
-        let cell = self.instances.get_or(|| RefCell::new(None));
-        let Ok(mut slot) = cell.try_borrow_mut() else {
-            return Err(PolicyFailure::Unavailable(
-                "re-entered on one thread".into(),
-            ));
-        };
-        let live = match &mut *slot {
-            Some(live) => live,
-            empty => match self.instantiate(self.shared.clone()) {
-                Ok(live) => empty.insert(live),
-                Err(e) => {
-                    let failure = PolicyFailure::Unavailable(e.to_string());
-                    self.record(&Err(failure.clone()));
-                    return Err(failure);
-                }
-            },
-        };
-        let result = self.call(live, req, states, self.call_ticks);
-        if let Err(PolicyFailure::Trap(_) | PolicyFailure::Timeout | PolicyFailure::Memory(_)) =
-            &result
-        {
-            // A trapped instance cannot be entered again.
-            *slot = None;
-        }
-        self.record(&result);
-        result
-    }
-}
-
-/// Accepts a decision only if it names a healthy backend and a valid cookie.
-fn check(decision: types::Decision, states: &[BackendState]) -> Result<Decision, PolicyFailure> {
-    let index = decision.backend;
-    match states.get(index as usize) {
-        None => return Err(PolicyFailure::OutOfRange(index)),
-        Some(s) if !s.healthy => return Err(PolicyFailure::UnhealthyChoice(index)),
-        Some(_) => {}
-    }
-    let set_cookie = decision.set_cookie.map(render_cookie).transpose()?;
-    Ok(Decision {
-        backend: index as usize,
-        set_cookie,
-    })
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// RFC 6265 cookie-octet: visible ASCII except `"`, `,`, `;`, `\`.
-fn is_cookie_value(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b'"' | b',' | b';' | b'\\'))
-}
-
-fn render_cookie(c: types::SetCookie) -> Result<http::HeaderValue, PolicyFailure> {
-    if !is_token(&c.name) {
-        return Err(PolicyFailure::BadCookie(format!("name {:?}", c.name)));
-    }
-    if !is_cookie_value(&c.value) {
-        return Err(PolicyFailure::BadCookie(format!("value {:?}", c.value)));
-    }
-    let path = c.path.as_deref().unwrap_or("/");
-    if path
-        .bytes()
-        .any(|b| b == b';' || !(0x20..0x7f).contains(&b))
-    {
-        return Err(PolicyFailure::BadCookie(format!("path {path:?}")));
-    }
-    let mut out = format!("{}={}; Path={path}", c.name, c.value);
-    if let Some(age) = c.max_age {
-        out.push_str(&format!("; Max-Age={age}"));
-    }
-    if c.http_only {
-        out.push_str("; HttpOnly");
-    }
-    if c.secure {
-        out.push_str("; Secure");
-    }
-    match c.same_site {
-        Some(types::SameSite::Strict) => out.push_str("; SameSite=Strict"),
-        Some(types::SameSite::Lax) => out.push_str("; SameSite=Lax"),
-        Some(types::SameSite::None) => out.push_str("; SameSite=None"),
-        None => {}
-    }
-    http::HeaderValue::from_str(&out).map_err(|_| PolicyFailure::BadCookie(out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cookie(name: &str, value: &str) -> types::SetCookie {
-        types::SetCookie {
-            name: name.into(),
-            value: value.into(),
-            path: None,
-            max_age: None,
-            http_only: true,
-            secure: false,
-            same_site: Some(types::SameSite::Lax),
-        }
-    }
-
-    fn state(healthy: bool) -> BackendState {
-        BackendState {
-            healthy,
-            in_flight: 0,
-            latency_ewma_us: 0,
-        }
-    }
-
-    #[test]
-    fn cookies_render_with_their_attributes() {
-        let mut c = cookie("sy-backend", "abc123");
-        c.max_age = Some(60);
-        c.secure = true;
-        let v = render_cookie(c).unwrap();
-        assert_eq!(
-            v.to_str().unwrap(),
-            "sy-backend=abc123; Path=/; Max-Age=60; HttpOnly; Secure; SameSite=Lax"
-        );
-    }
-
-    #[test]
-    fn cookies_that_could_inject_attributes_are_refused() {
-        assert!(render_cookie(cookie("a b", "x")).is_err());
-        assert!(render_cookie(cookie("a", "x; Domain=evil")).is_err());
-        let mut c = cookie("a", "x");
-        c.path = Some("/; Secure".into());
-        assert!(render_cookie(c).is_err());
-    }
-
-    #[test]
-    fn decisions_must_name_a_healthy_backend_in_range() {
-        let states = [state(true), state(false)];
-        let d = |backend| types::Decision {
-            backend,
-            set_cookie: None,
-        };
-        assert_eq!(check(d(0), &states).unwrap().backend, 0);
-        assert_eq!(check(d(1), &states), Err(PolicyFailure::UnhealthyChoice(1)));
-        assert_eq!(
-            check(d(9999), &states),
-            Err(PolicyFailure::OutOfRange(9999))
-        );
+        self.inner.status_now()
     }
 }

@@ -1,15 +1,19 @@
 //! Header rewriting between client and backend: hop-by-hop headers out,
 //! `X-Forwarded-*` in, and the client address as the proxy believes it.
 //!
-//! Incoming `X-Forwarded-*` headers are believed only from peers listed in
-//! `server.trusted-proxies`; from anyone else they are replaced, so a client
-//! cannot pose as another address.
+//! Incoming forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`
+//! and their kin) are believed only from peers listed in
+//! `server.trusted-proxies`; from anyone else they are replaced or
+//! dropped, so a client cannot pose as another address, scheme, host, port
+//! or path prefix.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use smallvec::SmallVec;
+
+use super::client::Peer;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -17,29 +21,20 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// A client connection's address, with its header form made once per
-/// connection rather than once per request.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// The TCP peer.
-    pub addr: SocketAddr,
-    /// Its IP address as a header value.
-    pub ip_value: HeaderValue,
-}
-
-impl Peer {
-    /// The peer at `addr`.
-    pub fn new(addr: SocketAddr) -> Peer {
-        let ip_value = HeaderValue::from_str(&addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, ip_value }
-    }
-
-    /// The peer's IP address.
-    pub fn ip(&self) -> IpAddr {
-        self.addr.ip()
-    }
-}
+/// Forwarding headers other proxies and frameworks use that this proxy does
+/// not set: from an untrusted peer they are dropped, since a backend might
+/// believe them.
+static UNTRUSTED: [HeaderName; 9] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+];
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
@@ -92,6 +87,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
                 .any(|k| t.eq_ignore_ascii_case(k))
         })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        // `Connection: host` must not take the request's Host away.
+        .filter(|n| n != header::HOST)
         .collect();
     for name in listed {
         headers.remove(name);
@@ -113,6 +110,38 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_trailers {
         headers.remove(header::TE);
+    }
+}
+
+/// Drops the forwarding headers this proxy does not set, and `Forwarded`
+/// unless `keep_forwarded` (it is then replaced), from an untrusted peer's
+/// request.
+pub fn drop_untrusted(headers: &mut HeaderMap, keep_forwarded: bool) {
+    for name in &UNTRUSTED {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if !keep_forwarded && headers.contains_key(header::FORWARDED) {
+        headers.remove(header::FORWARDED);
+    }
+}
+
+/// Joins several `Cookie` fields into one, separated by `; ` (RFC 9113
+/// §8.2.3: an HTTP/2 client may split its cookies, an HTTP/1.1 backend
+/// expects one field).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (fields.next(), fields.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -204,7 +233,7 @@ mod tests {
     }
 
     fn peer(s: &str) -> Peer {
-        Peer::new(SocketAddr::new(ip(s), 5000))
+        Peer::new(std::net::SocketAddr::new(ip(s), 5000))
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -288,5 +317,45 @@ mod tests {
         let mut h = map(&[("te", "trailers")]);
         remove_hop_by_hop(&mut h);
         assert!(h.contains_key("te"));
+    }
+
+    #[test]
+    fn connection_cannot_name_host() {
+        let mut h = map(&[
+            ("connection", "host, x-a"),
+            ("host", "a.example"),
+            ("x-a", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "a.example");
+        assert!(!h.contains_key("x-a"));
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_in_order() {
+        let mut h = map(&[
+            ("cookie", "session=abc123"),
+            ("cookie", "csrf=xyz"),
+            ("cookie", "theme=dark"),
+        ]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "session=abc123; csrf=xyz; theme=dark");
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_dropped() {
+        let mut h = map(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=6.6.6.6"),
+            ("accept", "*/*"),
+        ]);
+        drop_untrusted(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 }

@@ -13,11 +13,10 @@ use http::header::{HOST, USER_AGENT};
 use http::{HeaderValue, Request, Version};
 use tokio::task::JoinHandle;
 
-use crate::body::RequestBody;
+use super::body::RequestBody;
+use super::pool::{self, Sender};
+use super::{Backend, Upstream};
 use crate::config::HealthCheckConfig;
-use crate::pool::{self, Sender};
-use crate::runtime::Runtime;
-use crate::upstream::{Backend, Upstream};
 
 /// The running checks of one runtime; dropping it stops them.
 #[derive(Debug, Default)]
@@ -31,17 +30,16 @@ impl Drop for Checks {
     }
 }
 
-/// Starts the checks `runtime` asks for, and clears the verdict of backends
-/// no check covers any more (a check removed by a reload must not leave its
-/// backend out for good).
-pub fn start(runtime: &Runtime) -> Checks {
-    let checked: HashSet<SocketAddr> = runtime
-        .upstreams
+/// Starts the checks the groups ask for, and clears the verdict of
+/// backends no check covers any more (a check removed by a reload must not
+/// leave its backend out for good).
+pub fn start(upstreams: &[Arc<Upstream>]) -> Checks {
+    let checked: HashSet<SocketAddr> = upstreams
         .iter()
         .filter(|u| u.config.health_check.is_some())
         .flat_map(|u| u.backends.iter().map(|b| b.socket_addr))
         .collect();
-    for u in &runtime.upstreams {
+    for u in upstreams {
         for b in &u.backends {
             if !checked.contains(&b.socket_addr) {
                 b.stats.set_check_failing(false);
@@ -49,8 +47,7 @@ pub fn start(runtime: &Runtime) -> Checks {
         }
     }
     Checks(
-        runtime
-            .upstreams
+        upstreams
             .iter()
             .filter_map(|u| {
                 let config = u.config.health_check.clone()?;
@@ -128,19 +125,25 @@ async fn probe(up: &Upstream, b: &Backend, c: &HealthCheckConfig) -> Result<(), 
         let mut sender = if b.h2 {
             Sender::H2(
                 b.pool
-                    .h2(b.socket_addr, up.config.connect_timeout.min(c.timeout))
+                    .h2(up.config.connect_timeout.min(c.timeout))
                     .await
                     .map_err(|e| e.to_string())?,
             )
         } else {
             Sender::H1(
-                pool::connect(b.socket_addr, up.config.connect_timeout.min(c.timeout))
-                    .await
-                    .map_err(|e| e.to_string())?,
+                // Checks stay outside the connection limit: they must
+                // get through to a busy backend.
+                pool::connect(
+                    b.socket_addr,
+                    up.config.connect_timeout.min(c.timeout),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?,
             )
         };
         let host = c.host.clone().unwrap_or_else(|| b.address.clone());
-        let mut req = Request::new(RequestBody::Empty);
+        let mut req = Request::new(RequestBody::empty());
         if b.h2 {
             *req.uri_mut() = format!("http://{host}{}", c.path)
                 .parse()

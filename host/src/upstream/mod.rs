@@ -1,202 +1,162 @@
-//! Upstream groups: their backends, each backend's live statistics and
-//! passive health, and the choice of a backend for a request (the policy,
-//! checked, with the native fallback behind it).
+//! Upstream groups: their backends, the choice of a backend for a request,
+//! and the one place every fact about a backend is written.
+//!
+//! [`Upstream::choose`] asks the group's policy (any kind: Wasm, native)
+//! and checks its answer whatever it is (index in range and healthy, a
+//! valid cookie), falling back to round-robin when the policy fails.
+//! [`Upstream::report`] takes the outcome of each attempt once and updates
+//! passive health, the latency average and the counters.
+//!
+//! - [`backend`]: one backend and its live numbers;
+//! - [`registry`]: numbers and pools kept by address across reloads;
+//! - [`pool`]: connections to a backend; [`body`]: what is sent on them;
+//! - [`health`]: active checks; [`counters`]: the metric handles.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+pub mod backend;
+pub mod body;
+mod cookie;
+pub mod counters;
+pub mod health;
+pub mod pool;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
+pub use backend::{Backend, BackendStats, InFlight};
+pub use registry::BackendRegistry;
+
 use crate::config::UpstreamConfig;
-use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
-use crate::policy::{BackendState, Policy, PolicyFailure, RequestView, RoundRobin};
-use crate::pool::Pool;
+use crate::policy::{BackendState, Decision, Policy, PolicyFailure, RequestView, RoundRobin};
+use counters::UpstreamMetrics;
 
 /// Nanoseconds on the proxy's monotonic clock.
 pub fn now_ns() -> u64 {
     crate::policy::monotonic_ns()
 }
 
-/// [`BackendStats`] are one backend's live numbers: in-flight requests,
-/// latency and passive health (nginx's `max_fails` / `fail_timeout`).
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    /// Set by active health checks while the backend fails them.
-    checks_failing: AtomicBool,
-    in_flight: AtomicU32,
-    latency_ewma_us: AtomicU32,
-    fails: AtomicU32,
-    window_start_ns: AtomicU64,
-    down_until_ns: AtomicU64,
+/// Why an attempt on a backend did not end in a complete response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No connection: refused, unreachable, handshake failed.
+    Connect,
+    /// No connection within `connect-timeout`.
+    ConnectTimeout,
+    /// The connection broke before the response headers.
+    Lost,
+    /// No response headers within `response-timeout` of sending.
+    ResponseTimeout,
+    /// The backend stopped sending (or reading) for `read-timeout`.
+    ReadTimeout,
+    /// The response body broke off.
+    BodyBroken,
+    /// The backend broke the protocol (e.g. an unasked-for `101`).
+    Protocol,
+    /// The response head is over the proxy's own limits: the backend is
+    /// not down, the proxy refused what it sent.
+    TooLarge,
+    /// Every connection slot of the backend was busy: the proxy's limit.
+    Busy,
+    /// The client went away or stopped reading: nothing about the backend.
+    ClientGone,
 }
 
-impl BackendStats {
-    /// Whether the backend is usable at `now`: not failing active checks
-    /// and not marked down by passive health.
-    pub fn healthy(&self, now: u64) -> bool {
-        !self.checks_failing.load(Ordering::Relaxed)
-            && now >= self.down_until_ns.load(Ordering::Relaxed)
-    }
+impl FailureKind {
+    /// Every kind, in a fixed order (for metrics).
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::Connect,
+        FailureKind::ConnectTimeout,
+        FailureKind::Lost,
+        FailureKind::ResponseTimeout,
+        FailureKind::ReadTimeout,
+        FailureKind::BodyBroken,
+        FailureKind::Protocol,
+        FailureKind::TooLarge,
+        FailureKind::Busy,
+        FailureKind::ClientGone,
+    ];
 
-    /// Records the verdict of active health checks.
-    pub fn set_check_failing(&self, failing: bool) {
-        self.checks_failing.store(failing, Ordering::Relaxed);
-    }
-
-    /// Forgets passive failures: an active check that sees the backend come
-    /// back knows better than a mark set when it went away.
-    pub fn clear_failures(&self) {
-        self.fails.store(0, Ordering::Relaxed);
-        self.down_until_ns.store(0, Ordering::Relaxed);
-    }
-
-    /// Whether active health checks have taken the backend out.
-    pub fn check_failing(&self) -> bool {
-        self.checks_failing.load(Ordering::Relaxed)
-    }
-
-    /// Requests in flight.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// EWMA of the time to response headers, in µs (0: no sample yet).
-    pub fn latency_ewma_us(&self) -> u32 {
-        self.latency_ewma_us.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request as started; the guard ends it when dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// Records a failure. Returns true if this failure marked the backend
-    /// down: `max_fails` failures within `fail_timeout` take it out for
-    /// `fail_timeout` (a `max_fails` of 0 never does).
-    pub fn record_failure(&self, now: u64, max_fails: u32, fail_timeout: Duration) -> bool {
-        if max_fails == 0 {
-            return false;
+    /// A short, stable label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::ConnectTimeout => "connect_timeout",
+            FailureKind::Lost => "lost",
+            FailureKind::ResponseTimeout => "response_timeout",
+            FailureKind::ReadTimeout => "read_timeout",
+            FailureKind::BodyBroken => "body_broken",
+            FailureKind::Protocol => "protocol",
+            FailureKind::TooLarge => "too_large",
+            FailureKind::Busy => "busy",
+            FailureKind::ClientGone => "client_gone",
         }
-        let window = fail_timeout.as_nanos() as u64;
-        let start = self.window_start_ns.load(Ordering::Relaxed);
-        let fails = if now.saturating_sub(start) > window || start == 0 {
-            self.window_start_ns.store(now.max(1), Ordering::Relaxed);
-            self.fails.store(1, Ordering::Relaxed);
-            1
-        } else {
-            self.fails.fetch_add(1, Ordering::Relaxed) + 1
-        };
-        if fails >= max_fails && self.healthy(now) {
-            self.down_until_ns.store(now + window, Ordering::Relaxed);
-            self.fails.store(0, Ordering::Relaxed);
-            return true;
-        }
-        false
     }
 
-    /// Records a response: clears the failure count and updates the latency
-    /// average (weight 1/8, as TCP's smoothed RTT).
-    pub fn record_success(&self, latency: Duration) {
-        if self.fails.load(Ordering::Relaxed) != 0 {
-            self.fails.store(0, Ordering::Relaxed);
-        }
-        let sample = latency.as_micros().min(u128::from(u32::MAX)) as i64;
-        let old = i64::from(self.latency_ewma_us.load(Ordering::Relaxed));
-        let new = if old == 0 {
-            sample
-        } else {
-            old + (sample - old) / 8
-        };
-        self.latency_ewma_us
-            .store(new.clamp(1, i64::from(u32::MAX)) as u32, Ordering::Relaxed);
-    }
-}
-
-/// A request in flight to a backend; decrements the count when dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<BackendStats>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One backend of a group.
-#[derive(Debug)]
-pub struct Backend {
-    /// Name from the config.
-    pub name: Arc<str>,
-    /// Address as written.
-    pub address: String,
-    /// Resolved address.
-    pub socket_addr: SocketAddr,
-    /// Weight from the config.
-    pub weight: u32,
-    /// Used only when no primary backend is healthy.
-    pub backup: bool,
-    /// Spoken to over HTTP/2.
-    pub h2: bool,
-    /// Live numbers, shared with any other group using the same address
-    /// and kept across reloads.
-    pub stats: Arc<BackendStats>,
-    /// Idle keep-alive connections.
-    pub pool: Arc<Pool>,
-    /// Response counters.
-    pub metrics: BackendMetrics,
-}
-
-/// [`BackendRegistry`] keeps each backend address's statistics and
-/// connection pool across config reloads, as Caddy's host pool does: a
-/// backend marked down stays down, and warm connections stay warm, when the
-/// config around it changes.
-#[derive(Debug, Default)]
-pub struct BackendRegistry {
-    stats: Mutex<HashMap<SocketAddr, Arc<BackendStats>>>,
-    pools: Mutex<HashMap<(SocketAddr, usize, Duration), Arc<Pool>>>,
-}
-
-impl BackendRegistry {
-    /// The backends of `config`, with shared statistics and pools.
-    pub fn backends(&self, config: &UpstreamConfig, metrics: &Metrics) -> Vec<Backend> {
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        config
-            .backends
+    /// Index in [`FailureKind::ALL`].
+    pub fn index(self) -> usize {
+        FailureKind::ALL
             .iter()
-            .map(|b| Backend {
-                name: b.name.as_str().into(),
-                address: b.address.clone(),
-                socket_addr: b.socket_addr,
-                weight: b.weight,
-                backup: b.backup,
-                h2: b.h2,
-                stats: stats.entry(b.socket_addr).or_default().clone(),
-                pool: pools
-                    .entry((b.socket_addr, config.keepalive, config.idle_timeout))
-                    .or_insert_with(|| Arc::new(Pool::new(config.keepalive, config.idle_timeout)))
-                    .clone(),
-                metrics: metrics.backend(&config.name, &b.name),
-            })
-            .collect()
+            .position(|k| *k == self)
+            .unwrap_or(0)
     }
 
-    /// Forgets addresses no running config uses any more.
-    pub fn prune(&self) {
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, s| Arc::strong_count(s) > 1);
-        self.pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, p| Arc::strong_count(p) > 1);
+    /// Whether it says the backend is failing (passive health counts it).
+    pub fn is_backend_failure(self) -> bool {
+        !matches!(
+            self,
+            FailureKind::TooLarge | FailureKind::Busy | FailureKind::ClientGone
+        )
     }
+}
+
+/// How one attempt on a backend ended, reported once to its group.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// A connection was made (or taken from the pool).
+    pub connected: bool,
+    /// The response status, when headers arrived.
+    pub status: Option<http::StatusCode>,
+    /// Time from sending to the response headers.
+    pub headers_after: Option<Duration>,
+    /// Time from sending to the end of the response body, when it ended.
+    pub body_after: Option<Duration>,
+    /// What went wrong, if anything.
+    pub failure: Option<FailureKind>,
+    /// 1 for the first attempt of a request, 2 for its first retry...
+    pub attempt: u32,
+}
+
+/// The backend chosen for a request.
+#[derive(Debug)]
+pub struct Choice {
+    /// Index into [`Upstream::backends`].
+    pub backend: usize,
+    /// A `Set-Cookie` value the policy asked for.
+    pub set_cookie: Option<http::HeaderValue>,
+    /// Set when the policy failed and the fallback chose.
+    pub fallback: Option<PolicyFailure>,
+}
+
+/// The policy currently serving a group; swapped whole on a hot swap.
+pub type PolicyRef = Arc<Box<dyn Policy>>;
+
+/// [`Upstream`] is a configured group: backends, settings and the policy.
+pub struct Upstream {
+    /// Name from the config.
+    pub name: String,
+    /// Backends, in configuration order (the policy's indices).
+    pub backends: Vec<Backend>,
+    /// Settings from the config.
+    pub config: UpstreamConfig,
+    /// Counters.
+    pub metrics: UpstreamMetrics,
+    policy: ArcSwap<Box<dyn Policy>>,
+    fallback: RoundRobin,
+    last_warning_ns: AtomicU64,
 }
 
 /// The live states a policy sees for a request that has already failed on
@@ -232,33 +192,19 @@ pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 
     states
 }
 
-/// The backend chosen for a request.
-#[derive(Debug)]
-pub struct Choice {
-    /// Index into [`Upstream::backends`].
-    pub backend: usize,
-    /// A `Set-Cookie` value the policy asked for.
-    pub set_cookie: Option<http::HeaderValue>,
-    /// Set when the policy failed and the fallback chose.
-    pub fallback: Option<PolicyFailure>,
-}
-
-/// The policy currently serving a group; swapped whole on a hot swap.
-pub type PolicyRef = Arc<Box<dyn Policy>>;
-
-/// [`Upstream`] is a configured group: backends, settings and the policy.
-pub struct Upstream {
-    /// Name from the config.
-    pub name: String,
-    /// Backends, in configuration order (the policy's indices).
-    pub backends: Vec<Backend>,
-    /// Settings from the config.
-    pub config: UpstreamConfig,
-    /// Counters.
-    pub metrics: UpstreamMetrics,
-    policy: ArcSwap<Box<dyn Policy>>,
-    fallback: RoundRobin,
-    last_warning_ns: AtomicU64,
+/// Accepts a decision only if it names a healthy backend and a valid cookie.
+fn validate(
+    decision: Decision,
+    states: &[BackendState],
+) -> Result<(usize, Option<http::HeaderValue>), PolicyFailure> {
+    let index = decision.backend;
+    match states.get(index as usize) {
+        None => return Err(PolicyFailure::OutOfRange(index)),
+        Some(s) if !s.healthy => return Err(PolicyFailure::UnhealthyChoice(index)),
+        Some(_) => {}
+    }
+    let cookie = decision.set_cookie.map(cookie::render).transpose()?;
+    Ok((index as usize, cookie))
 }
 
 impl Upstream {
@@ -297,7 +243,9 @@ impl Upstream {
     }
 
     /// Chooses a backend for `req` with `policy`, excluding `tried`. `None`
-    /// when every backend has been tried.
+    /// when every backend has been tried. The policy's answer is checked
+    /// here, whatever kind of policy it is, and its verdict handed back to
+    /// it so that it can keep its own health.
     pub fn choose(
         &self,
         policy: &dyn Policy,
@@ -311,18 +259,24 @@ impl Upstream {
         let started = Instant::now();
         let result = policy.select(req, &states);
         self.metrics.decision_seconds.observe(started.elapsed());
+        let result = result.and_then(|d| validate(d, &states));
+        match &result {
+            Ok(_) => policy.settle(Ok(())),
+            Err(PolicyFailure::Skipped | PolicyFailure::Warming) => {}
+            Err(f) => policy.settle(Err(f)),
+        }
         match result {
-            Ok(d) => {
+            Ok((backend, set_cookie)) => {
                 self.metrics.decisions.inc();
                 Some(Choice {
-                    backend: d.backend,
-                    set_cookie: d.set_cookie,
+                    backend,
+                    set_cookie,
                     fallback: None,
                 })
             }
             Err(failure) => {
                 self.metrics.failure(&failure);
-                if failure != PolicyFailure::Skipped {
+                if !matches!(failure, PolicyFailure::Skipped | PolicyFailure::Warming) {
                     self.warn_rate_limited(policy, &failure);
                 }
                 let backend = self.fallback.pick(&states)?;
@@ -331,6 +285,37 @@ impl Upstream {
                     set_cookie: None,
                     fallback: Some(failure),
                 })
+            }
+        }
+    }
+
+    /// Takes the outcome of one attempt on backend `index`: passive health
+    /// (`max-fails` / `fail-timeout`), the latency average and the failure
+    /// counters. Called exactly once per attempt, when it is over.
+    pub fn report(&self, index: usize, outcome: &Outcome) {
+        let Some(backend) = self.backends.get(index) else {
+            return;
+        };
+        match outcome.failure {
+            Some(kind) => {
+                backend.metrics.failures[kind.index()].inc();
+                if !kind.is_backend_failure() {
+                    return;
+                }
+                let cfg = &self.config;
+                if backend
+                    .stats
+                    .record_failure(now_ns(), cfg.max_fails, cfg.fail_timeout)
+                {
+                    tracing::warn!(upstream = %self.name, backend = %backend.name, "backend marked down: {}", kind.label());
+                } else {
+                    tracing::debug!(upstream = %self.name, backend = %backend.name, "backend failed: {}", kind.label());
+                }
+            }
+            None => {
+                if let Some(took) = outcome.headers_after {
+                    backend.stats.record_success(took);
+                }
             }
         }
     }
@@ -357,56 +342,40 @@ impl Upstream {
 mod tests {
     use super::*;
 
-    const SEC: u64 = 1_000_000_000;
-
-    #[test]
-    fn one_failure_marks_down_with_nginx_defaults() {
-        let s = BackendStats::default();
-        assert!(s.healthy(5 * SEC));
-        assert!(s.record_failure(5 * SEC, 1, Duration::from_secs(10)));
-        assert!(!s.healthy(6 * SEC));
-        assert!(s.healthy(15 * SEC));
-    }
-
-    #[test]
-    fn max_fails_counts_within_the_window_only() {
-        let s = BackendStats::default();
-        let ft = Duration::from_secs(10);
-        assert!(!s.record_failure(SEC, 3, ft));
-        assert!(!s.record_failure(2 * SEC, 3, ft));
-        // The window expired: counting starts again.
-        assert!(!s.record_failure(20 * SEC, 3, ft));
-        assert!(!s.record_failure(21 * SEC, 3, ft));
-        assert!(s.record_failure(22 * SEC, 3, ft));
-        assert!(!s.healthy(23 * SEC));
-    }
-
-    #[test]
-    fn max_fails_zero_never_marks_down() {
-        let s = BackendStats::default();
-        for t in 1..10 {
-            assert!(!s.record_failure(t * SEC, 0, Duration::from_secs(10)));
+    fn state(healthy: bool) -> BackendState {
+        BackendState {
+            healthy,
+            in_flight: 0,
+            latency_ewma_us: 0,
         }
-        assert!(s.healthy(10 * SEC));
     }
 
     #[test]
-    fn latency_average_moves_an_eighth_of_the_way() {
-        let s = BackendStats::default();
-        s.record_success(Duration::from_micros(800));
-        assert_eq!(s.latency_ewma_us(), 800);
-        s.record_success(Duration::from_micros(1600));
-        assert_eq!(s.latency_ewma_us(), 900);
+    fn decisions_must_name_a_healthy_backend_in_range() {
+        let states = [state(true), state(false)];
+        let d = |backend| Decision {
+            backend,
+            set_cookie: None,
+        };
+        assert_eq!(validate(d(0), &states).unwrap().0, 0);
+        assert_eq!(
+            validate(d(1), &states),
+            Err(PolicyFailure::UnhealthyChoice(1))
+        );
+        assert_eq!(
+            validate(d(9999), &states),
+            Err(PolicyFailure::OutOfRange(9999))
+        );
     }
 
     #[test]
-    fn in_flight_guards_count_up_and_down() {
-        let s = Arc::new(BackendStats::default());
-        let a = s.start();
-        let b = s.start();
-        assert_eq!(s.in_flight(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(s.in_flight(), 0);
+    fn only_backend_failures_count_against_a_backend() {
+        assert!(FailureKind::ReadTimeout.is_backend_failure());
+        assert!(!FailureKind::TooLarge.is_backend_failure());
+        assert!(!FailureKind::Busy.is_backend_failure());
+        assert!(!FailureKind::ClientGone.is_backend_failure());
+        for (i, k) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
     }
 }

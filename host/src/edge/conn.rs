@@ -1,0 +1,203 @@
+//! One client connection, from accept to close: the TLS handshake (bounded
+//! by `tls-handshake-timeout`), the choice of protocol (ALPN on TLS, the
+//! first bytes otherwise), and HTTP/1.1 through hyper or HTTP/2 through
+//! [`super::h2`].
+//!
+//! A connection with no request in progress for `client-idle-timeout` is
+//! closed, counted from accept or from the end of its last request, so a
+//! client that trickles a request head byte by byte gets no more time than
+//! an idle one. When the listener is at its connection limit it may ask an
+//! idle connection to go (see [`super::Registry`]). A connection's slot is
+//! held until its last request, or tunnel, is over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::h2::{self, H2Conn};
+use super::io::{ClientIo, Sniffed, sniff};
+use crate::config::{ClientLimits, DEFAULT_SEND_TIMEOUT};
+use crate::proxy::Proxy;
+use crate::proxy::client::ClientConn;
+use crate::upstream::body::RequestBody;
+
+/// A connection as its listener tracks it.
+pub struct Tracked {
+    /// The request path's view of it.
+    pub client: Arc<ClientConn>,
+    /// Notified when the listener wants it closed if idle.
+    pub evict: Arc<Notify>,
+}
+
+/// Everything one connection task needs.
+pub struct Conn {
+    pub(super) proxy: Arc<Proxy>,
+    pub(super) limits: ClientLimits,
+    pub(super) tracked: Arc<Tracked>,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// Serves the connection to its end, then waits for any tunnel it
+    /// became before giving its slot back.
+    pub async fn run(self, stream: TcpStream, tls: Option<Arc<TlsAcceptor>>) {
+        let client = self.tracked.client.clone();
+        let permit = match tls {
+            None => self.serve(stream, None).await,
+            Some(acceptor) => {
+                let limit = self.limits.tls_handshake_timeout;
+                let evict = self.tracked.evict.clone();
+                let handshake = tokio::select! {
+                    h = tokio::time::timeout(limit, acceptor.accept(stream)) => h,
+                    _ = evict.notified() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                        self.serve(tls, alpn).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %client.peer.addr, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %client.peer.addr, "TLS handshake not done within {limit:?}");
+                        return;
+                    }
+                }
+            }
+        };
+        client.drained().await;
+        drop(permit);
+    }
+
+    /// Picks the protocol and serves it; returns the slot to release.
+    async fn serve<I>(self, mut io: I, alpn: Option<Vec<u8>>) -> OwnedSemaphorePermit
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let client = self.tracked.client.clone();
+        let idle = self.limits.client_idle_timeout;
+        let h2 = match alpn.as_deref() {
+            Some(b"h2") => Some(Bytes::new()),
+            Some(_) => None,
+            None => {
+                let sniffed = tokio::select! {
+                    s = tokio::time::timeout(idle, sniff(&mut io)) => s,
+                    _ = self.tracked.evict.notified() => return self.permit,
+                };
+                match sniffed {
+                    Ok(Ok(Some(Sniffed::H2(seen)))) => Some(seen),
+                    Ok(Ok(Some(Sniffed::H1(seen)))) => {
+                        let io = ClientIo::new(io, seen, client);
+                        return self.h1(io).await;
+                    }
+                    _ => return self.permit,
+                }
+            }
+        };
+        match h2 {
+            Some(seen) => {
+                let io = ClientIo::new(io, seen, client.clone());
+                let conn = H2Conn {
+                    proxy: self.proxy,
+                    client,
+                    limits: self.limits,
+                    evict: self.tracked.evict.clone(),
+                    shutdown: self.shutdown,
+                };
+                h2::serve(io, conn).await;
+                self.permit
+            }
+            None => {
+                let io = ClientIo::new(io, Bytes::new(), client);
+                self.h1(io).await
+            }
+        }
+    }
+
+    /// HTTP/1.1 through hyper, with upgrades.
+    async fn h1<I>(self, io: ClientIo<I>) -> OwnedSemaphorePermit
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            proxy,
+            limits,
+            tracked,
+            mut shutdown,
+            permit,
+        } = self;
+        let client = tracked.client.clone();
+        let idle = limits.client_idle_timeout;
+        let service = {
+            let client = client.clone();
+            service_fn(move |req: hyper::Request<Incoming>| {
+                proxy
+                    .clone()
+                    .handle(req.map(RequestBody::h1), client.clone())
+            })
+        };
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Bounds the head of every request after the first (the first
+            // is bounded below, from accept).
+            .header_read_timeout(idle)
+            .max_buf_size(limits.max_header_size.max(8192))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            let idle_due = if client.active() == 0 {
+                client.idle_since() + idle
+            } else {
+                std::time::Instant::now() + idle
+            };
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(client = %client.peer.addr, "connection ended: {e}");
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(idle_due.into()) => {
+                    if client.active() == 0 && std::time::Instant::now() >= idle_due {
+                        tracing::debug!(client = %client.peer.addr, "no request for {idle:?}, closing");
+                        break;
+                    }
+                }
+                _ = tracked.evict.notified() => {
+                    if client.active() == 0 {
+                        break;
+                    }
+                }
+                _ = shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+        permit
+    }
+}
+
+/// The send timeout a connection starts with, before a response sets its
+/// upstream's.
+pub fn initial_send_timeout() -> Duration {
+    DEFAULT_SEND_TIMEOUT
+}
