@@ -140,38 +140,65 @@ fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[test]
-fn connections_over_the_listener_limit_wait_for_a_free_slot() {
+fn at_the_listener_limit_idle_connections_make_room_and_busy_ones_are_waited_for() {
     let a = Backend::start("a");
     let cfg = config(&a).replace(
         "listen = \"127.0.0.1:{port}\"",
         "listen = \"127.0.0.1:{port}\"\nmax-connections = 2",
     );
     let proxy = Proxy::start(&cfg);
-    let ask = |s: &mut TcpStream| {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let ask = |s: &mut TcpStream, path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
     };
     let answered = |s: &mut TcpStream, within: Duration| {
         s.set_read_timeout(Some(within)).unwrap();
         let mut buf = [0u8; 256];
         matches!(s.read(&mut buf), Ok(n) if n > 0)
     };
+    let closed = |s: &mut TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 256];
+        matches!(s.read(&mut buf), Ok(0) | Err(_))
+    };
+    // Two kept-alive, idle connections fill the listener...
     let mut first = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    let mut second = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    ask(&mut first);
-    ask(&mut second);
+    ask(&mut first, "/");
     assert!(answered(&mut first, Duration::from_secs(5)));
+    let mut second = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    ask(&mut second, "/");
     assert!(answered(&mut second, Duration::from_secs(5)));
-    // Both kept alive: a third connection is not served...
+    // ... and a third client gets in at once: idle ones make room, the
+    // oldest first (as nginx and HAProxy close idle keep-alive ones).
     let mut third = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    ask(&mut third);
-    assert!(
-        !answered(&mut third, Duration::from_millis(500)),
-        "served past max-connections"
-    );
-    // ... until one of the first two goes away.
-    drop(first);
+    ask(&mut third, "/");
     assert!(
         answered(&mut third, Duration::from_secs(5)),
+        "{}",
+        proxy.log()
+    );
+    assert!(
+        closed(&mut first, Duration::from_secs(5)),
+        "the oldest idle connection stays"
+    );
+
+    // Busy connections are never closed: a new client waits for one to
+    // finish.
+    let mut busy1 = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    ask(&mut busy1, "/delay/1500");
+    let mut busy2 = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    ask(&mut busy2, "/delay/1500");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiting = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    ask(&mut waiting, "/");
+    assert!(
+        !answered(&mut waiting, Duration::from_millis(500)),
+        "a busy connection was closed to make room"
+    );
+    assert!(answered(&mut busy1, Duration::from_secs(5)));
+    assert!(answered(&mut busy2, Duration::from_secs(5)));
+    assert!(
+        answered(&mut waiting, Duration::from_secs(5)),
         "not served after a slot freed up"
     );
 }

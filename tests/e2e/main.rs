@@ -11,6 +11,7 @@ mod demo;
 mod failures;
 mod flask;
 mod forwarding;
+mod hardening;
 mod hot_swap;
 mod languages;
 mod lifecycle;

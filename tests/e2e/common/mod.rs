@@ -140,7 +140,32 @@ pub struct Backend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     accepted: Arc<AtomicU64>,
+    open: Arc<OpenConns>,
     stop: Option<watch::Sender<bool>>,
+}
+
+/// Connections open at once: now, and the most so far.
+#[derive(Default)]
+pub struct OpenConns {
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+/// Counts one open connection until dropped.
+struct OpenGuard(Arc<OpenConns>);
+
+impl OpenGuard {
+    fn new(o: &Arc<OpenConns>) -> OpenGuard {
+        let n = o.now.fetch_add(1, Ordering::SeqCst) + 1;
+        o.most.fetch_max(n, Ordering::SeqCst);
+        OpenGuard(o.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 type RespBody = BoxBody<Bytes, hyper::Error>;
@@ -161,16 +186,19 @@ impl Backend {
     pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicU64::new(0));
+        let open: Arc<OpenConns> = Arc::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let name_owned = name.to_string();
-        let (seen2, accepted2) = (seen.clone(), accepted.clone());
+        let (seen2, accepted2, open2) = (seen.clone(), accepted.clone(), open.clone());
         let addr = RT.block_on(async move {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
             socket.set_reuseaddr(true).expect("reuseaddr");
             socket.bind(addr).expect("bind backend");
             let listener = socket.listen(1024).expect("listen");
             let local = listener.local_addr().expect("local addr");
-            tokio::spawn(serve(listener, name_owned, seen2, accepted2, stop_rx));
+            tokio::spawn(serve(
+                listener, name_owned, seen2, accepted2, open2, stop_rx,
+            ));
             local
         });
         Backend {
@@ -178,8 +206,14 @@ impl Backend {
             addr,
             seen,
             accepted,
+            open,
             stop: Some(stop_tx),
         }
+    }
+
+    /// The most connections that were open at once.
+    pub fn most_open(&self) -> u64 {
+        self.open.most.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
@@ -233,6 +267,7 @@ async fn serve(
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     accepted: Arc<AtomicU64>,
+    open: Arc<OpenConns>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -241,10 +276,12 @@ async fn serve(
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
         };
         accepted.fetch_add(1, Ordering::Relaxed);
+        let counted = OpenGuard::new(&open);
         let name = name.clone();
         let seen = seen.clone();
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
+            let _counted = counted;
             let service = service_fn(move |req: Request<Incoming>| {
                 let name = name.clone();
                 let seen = seen.clone();
