@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
-use switchyard::control::app::{self, App};
-use switchyard::control::{limits, runtime};
+use switchyard::control::app::App;
+use switchyard::control::{limits, runtime, serve};
 use switchyard::policy::builtin;
 use switchyard_tools::{authoring, demo};
 
@@ -149,8 +149,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let workers = worker_count(workers);
             let app = App::new(workers)?;
-            let built = app.load(&config)?;
-            tokio_runtime(workers)?.block_on(app::serve(Arc::new(app), built, !no_watch))?;
+            let built = runtime::load(&app, &config)?;
+            tokio_runtime(workers)?.block_on(serve::serve(Arc::new(app), built, !no_watch))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),
@@ -166,12 +166,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 let text = demo::config_text(listen, &policy, &backends);
                 let config = Config::parse(&demo::config_path(), &text)?;
-                let built = app.build(config)?;
+                let built = runtime::first(&app, config)?;
                 for (name, addr) in &backends {
                     tracing::info!("demo backend {name} on http://{addr}");
                 }
                 tracing::info!("demo: try `curl http://{listen}/` a few times (policy: {policy})");
-                app::serve(Arc::new(app), built, false).await
+                serve::serve(Arc::new(app), built, false).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

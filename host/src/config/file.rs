@@ -48,7 +48,7 @@ pub(super) struct FileAccessLog {
     #[serde(default = "stdout")]
     pub path: Spanned<String>,
     #[serde(default)]
-    pub format: super::LogFormat,
+    pub format: LogFormat,
 }
 
 fn stdout() -> Spanned<String> {
@@ -191,4 +191,15 @@ impl<'de> Deserialize<'de> for Listen {
         }
         d.deserialize_any(V)
     }
+}
+
+/// The access log's format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// NCSA common log format plus upstream fields.
+    #[default]
+    Common,
+    /// One JSON object per line.
+    Json,
 }

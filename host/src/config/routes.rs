@@ -3,9 +3,10 @@
 
 use toml::Spanned;
 
+use super::check::Checker;
 use super::file::FileRoute;
+use super::upstream::UpstreamConfig;
 use super::values::size;
-use super::{Checker, UpstreamConfig};
 
 /// How a route matches a request's host.
 #[derive(Debug, Clone, PartialEq, Eq)]

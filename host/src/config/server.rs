@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
 
-use super::file::{FileAccessLog, FileAdmin, FileServer};
-use super::values::{default_cache_dir, duration, size};
-use super::{Checker, Origin};
+use super::check::{Checker, Origin};
+use super::file::{FileAccessLog, FileAdmin, FileServer, LogFormat};
+use super::values::{default_cache_dir, duration, is_token, size};
 
 /// How long in-flight requests may run after SIGTERM before the process exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -71,17 +70,6 @@ pub struct ClientLimits {
     pub client_body_timeout: Duration,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
-}
-
-/// The access log's format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// NCSA common log format plus upstream fields.
-    #[default]
-    Common,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Where and how to write the access log.
@@ -260,7 +248,7 @@ impl FileServer {
                     p,
                     "server.upgrades: h2c cannot be tunnelled (clients speak HTTP/2 to the proxy directly)",
                 ));
-            } else if !super::values::is_token(&name) {
+            } else if !is_token(&name) {
                 c.push(c.loc().error(
                     p,
                     format!(

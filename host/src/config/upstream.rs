@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::check::{Checker, Origin};
 use super::file::{FileBackend, FileHealthCheck, FileUpstream};
 use super::values::{duration, flatten, is_authority, parse_status_range, resolve, size};
-use super::{Checker, Origin};
 
 /// Connect timeout to a backend when the upstream sets none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{ConfigError, Locator};
+use super::check::{ConfigError, Locator};
 
 /// A duration such as `"3s"` or `"500ms"`, or `default` when absent.
 /// `positive` refuses zero.

@@ -14,7 +14,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::app::App;
+use super::runtime::read_token;
 use crate::config::AdminConfig;
 use crate::edge::bind;
 use crate::proxy::body::ProxyBody;
@@ -63,17 +63,6 @@ impl AdminServer {
     pub fn update(&self, config: &AdminConfig) {
         self.token.store(token_of(config).map(Arc::new));
     }
-}
-
-/// The bearer token in `file`, trimmed; refused if empty.
-pub fn read_token(file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("{} is empty", file.display()));
-    }
-    Ok(token.to_string())
 }
 
 fn token_of(config: &AdminConfig) -> Option<String> {

@@ -1,15 +1,11 @@
-//! Starting and stopping the proxy: the process-wide services, loading a
-//! config into a runtime, serving it until SIGTERM or SIGINT, draining.
+//! What outlives any one config: the Wasm engine, policy and backend state
+//! kept by name or address, the metrics, the access-log writer.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::metrics::Metrics;
-use super::reload::Reloader;
-use super::runtime::{self, Built};
-use crate::config::{AccessLogConfig, Config};
+use crate::config::AccessLogConfig;
 use crate::policy::{PolicyEngine, StateRegistry};
-use crate::proxy::Proxy;
 use crate::proxy::access_log::AccessLog;
 use crate::upstream::BackendRegistry;
 
@@ -66,56 +62,5 @@ impl App {
         })?;
         *current = Some((config.clone(), log.clone()));
         Ok(log)
-    }
-
-    /// Builds the first runtime from a checked config, or says every reason
-    /// it cannot be, one per line.
-    pub fn build(&self, config: Config) -> anyhow::Result<Built> {
-        runtime::build(config, self, 1).map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            anyhow::anyhow!(lines.join("\n"))
-        })
-    }
-
-    /// Loads a config file and builds its runtime.
-    pub fn load(&self, file: &Path) -> anyhow::Result<Built> {
-        let config = Config::load(file)?;
-        self.build(config)
-    }
-}
-
-/// Serves `built` until SIGTERM or SIGINT, reloading on SIGHUP, on
-/// `POST /reload` and (if `watch`) when the config or a policy file
-/// changes; then drains.
-pub async fn serve(app: Arc<App>, built: Built, watch: bool) -> anyhow::Result<()> {
-    for up in &built.runtime.upstreams {
-        tracing::info!(
-            upstream = %up.name,
-            policy = %up.policy().name(),
-            backends = up.backends.len(),
-            "upstream ready"
-        );
-    }
-    let Built { runtime, listeners } = built;
-    let proxy = Proxy::new(runtime, app.metrics.unrouted.clone());
-    let reloader = Reloader::start(app, proxy, listeners, watch).await?;
-    reloader.run(shutdown_signal()).await;
-    Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

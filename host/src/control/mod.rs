@@ -1,8 +1,8 @@
 //! Control: what runs the proxy rather than serves requests. Building a
 //! runtime from a config ([`runtime`]), replacing it while traffic flows
 //! ([`reload`], driven by signals, [`watch`] and the [`admin`] API),
-//! [`metrics`], the process limits ([`limits`]) and the [`app`] that starts
-//! and stops the whole.
+//! [`metrics`], the process limits ([`limits`]), the [`app`] state that
+//! outlives configs, and [`serve`], which starts and stops the whole.
 
 pub mod admin;
 pub mod app;
@@ -10,4 +10,5 @@ pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod runtime;
+pub mod serve;
 pub mod watch;

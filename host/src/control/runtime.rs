@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::app::App;
 use super::limits;
-use crate::config::{Config, ConfigError, Origin, PolicySource, UpstreamConfig};
+use crate::config::{Config, ConfigError, PolicySource, UpstreamConfig};
 use crate::edge::ListenerSpec;
 use crate::edge::tls;
 use crate::policy::{LoadError, Policy, RoundRobin, WasmPolicy};
@@ -113,7 +113,7 @@ pub fn build(mut config: Config, app: &App, generation: u64) -> Result<Built, Ve
     };
     if let Some(admin) = &config.admin
         && let Some(file) = &admin.token_file
-        && let Err(e) = super::admin::read_token(file)
+        && let Err(e) = read_token(file)
     {
         errors.push(admin.token_origin.error(format!("admin.token-file: {e}")));
     }
@@ -175,11 +175,27 @@ pub fn swap_policy_file(rt: &Runtime, app: &App, path: &Path) -> Vec<Swap> {
     out
 }
 
-/// An error about the config file as a whole.
-pub fn whole(config: &Config, message: impl Into<String>) -> ConfigError {
-    Origin {
-        file: config.file.clone(),
-        ..Origin::default()
+/// Builds the first runtime from a checked config, or says every reason
+/// it cannot be, one per line.
+pub fn first(app: &App, config: Config) -> anyhow::Result<Built> {
+    build(config, app, 1).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!(lines.join("\n"))
+    })
+}
+
+/// Loads a config file and builds its first runtime.
+pub fn load(app: &App, file: &Path) -> anyhow::Result<Built> {
+    first(app, Config::load(file)?)
+}
+
+/// The bearer token in `file`, trimmed; refused if empty.
+pub fn read_token(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", file.display()));
     }
-    .error(message)
+    Ok(token.to_string())
 }

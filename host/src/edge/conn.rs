@@ -20,30 +20,21 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use super::h2::{self, H2Conn};
-use super::io::{ClientIo, Sniffed, sniff};
+use super::io::{ClientIo, Closer, Sniffed, sniff};
+use super::signal::{EVICT, SHUTDOWN, Tracked};
 use crate::config::{ClientLimits, DEFAULT_SEND_TIMEOUT};
 use crate::proxy::Proxy;
-use crate::proxy::client::ClientConn;
 use crate::upstream::body::RequestBody;
-
-/// A connection as its listener tracks it.
-pub struct Tracked {
-    /// The request path's view of it.
-    pub client: Arc<ClientConn>,
-    /// Notified when the listener wants it closed if idle.
-    pub evict: Arc<Notify>,
-}
 
 /// Everything one connection task needs.
 pub struct Conn {
     pub(super) proxy: Arc<Proxy>,
     pub(super) limits: ClientLimits,
     pub(super) tracked: Arc<Tracked>,
-    pub(super) shutdown: watch::Receiver<bool>,
     pub(super) permit: OwnedSemaphorePermit,
 }
 
@@ -56,10 +47,10 @@ impl Conn {
             None => self.serve(stream, None).await,
             Some(acceptor) => {
                 let limit = self.limits.tls_handshake_timeout;
-                let evict = self.tracked.evict.clone();
+                let tracked = self.tracked.clone();
                 let handshake = tokio::select! {
                     h = tokio::time::timeout(limit, acceptor.accept(stream)) => h,
-                    _ = evict.notified() => return,
+                    _ = tracked.signal.wait(EVICT | SHUTDOWN) => return,
                 };
                 match handshake {
                     Ok(Ok(tls)) => {
@@ -94,7 +85,7 @@ impl Conn {
             None => {
                 let sniffed = tokio::select! {
                     s = tokio::time::timeout(idle, sniff(&mut io)) => s,
-                    _ = self.tracked.evict.notified() => return self.permit,
+                    _ = self.tracked.signal.wait(EVICT | SHUTDOWN) => return self.permit,
                 };
                 match sniffed {
                     Ok(Ok(Some(Sniffed::H2(seen)))) => Some(seen),
@@ -111,10 +102,8 @@ impl Conn {
                 let io = ClientIo::new(io, seen, client.clone());
                 let conn = H2Conn {
                     proxy: self.proxy,
-                    client,
                     limits: self.limits,
-                    evict: self.tracked.evict.clone(),
-                    shutdown: self.shutdown,
+                    tracked: self.tracked.clone(),
                 };
                 h2::serve(io, conn).await;
                 self.permit
@@ -126,7 +115,9 @@ impl Conn {
         }
     }
 
-    /// HTTP/1.1 through hyper, with upgrades.
+    /// HTTP/1.1 through hyper, with upgrades. The connection's timers live
+    /// in a watchdog task of their own (see [`watchdog`]), so serving
+    /// requests never polls them.
     async fn h1<I>(self, io: ClientIo<I>) -> OwnedSemaphorePermit
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -135,11 +126,17 @@ impl Conn {
             proxy,
             limits,
             tracked,
-            mut shutdown,
             permit,
         } = self;
         let client = tracked.client.clone();
-        let idle = limits.client_idle_timeout;
+        let closer = Arc::new(Closer::default());
+        let done = Arc::new(Notify::new());
+        tokio::spawn(watchdog(
+            tracked,
+            closer.clone(),
+            done.clone(),
+            limits.client_idle_timeout,
+        ));
         let service = {
             let client = client.clone();
             service_fn(move |req: hyper::Request<Incoming>| {
@@ -152,47 +149,53 @@ impl Conn {
         builder
             .timer(TokioTimer::new())
             // Bounds the head of every request after the first (the first
-            // is bounded below, from accept).
-            .header_read_timeout(idle)
+            // is bounded from accept, by the watchdog).
+            .header_read_timeout(limits.client_idle_timeout)
             .max_buf_size(limits.max_header_size.max(8192))
             .max_headers(limits.max_headers)
             .keep_alive(true);
         let conn = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io.closed_by(closer)), service)
             .with_upgrades();
-        tokio::pin!(conn);
-        let mut closing = false;
-        loop {
-            let idle_due = if client.active() == 0 {
-                client.idle_since() + idle
-            } else {
-                std::time::Instant::now() + idle
-            };
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(client = %client.peer.addr, "connection ended: {e}");
-                    }
-                    break;
-                }
-                _ = tokio::time::sleep_until(idle_due.into()) => {
-                    if client.active() == 0 && std::time::Instant::now() >= idle_due {
-                        tracing::debug!(client = %client.peer.addr, "no request for {idle:?}, closing");
-                        break;
-                    }
-                }
-                _ = tracked.evict.notified() => {
-                    if client.active() == 0 {
-                        break;
-                    }
-                }
-                _ = shutdown.changed(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
+        if let Err(e) = conn.await {
+            tracing::debug!(client = %client.peer.addr, "connection ended: {e}");
         }
+        done.notify_one();
         permit
+    }
+}
+
+/// Ends an HTTP/1.1 connection that has had no request in progress for
+/// `idle` (from accept, or from the end of its last request), one its
+/// listener wants back, and, at shutdown, each once its request in
+/// progress is over; it stops when the connection ends (`done`).
+async fn watchdog(tracked: Arc<Tracked>, closer: Arc<Closer>, done: Arc<Notify>, idle: Duration) {
+    let client = &tracked.client;
+    loop {
+        let idle_due = if client.active() == 0 {
+            client.idle_since() + idle
+        } else {
+            std::time::Instant::now() + idle
+        };
+        let close = tokio::select! {
+            _ = done.notified() => return,
+            _ = tokio::time::sleep_until(idle_due.into()) => {
+                let idle_now = client.active() == 0 && std::time::Instant::now() >= idle_due;
+                if idle_now {
+                    tracing::debug!(client = %client.peer.addr, "no request for {idle:?}, closing");
+                }
+                idle_now
+            }
+            raised = tracked.signal.wait(EVICT | SHUTDOWN) => {
+                raised & SHUTDOWN != 0 || client.active() == 0
+            }
+        };
+        if close {
+            // The connection reads as closed from its next idle moment on.
+            closer.close();
+            done.notified().await;
+            return;
+        }
     }
 }
 

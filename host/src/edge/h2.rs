@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -28,8 +28,10 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::signal::{EVICT, SHUTDOWN, Tracked};
 use crate::config::ClientLimits;
 use crate::proxy::Proxy;
 use crate::proxy::body::ProxyBody;
@@ -58,15 +60,10 @@ const PONG_WITHIN: Duration = Duration::from_secs(20);
 pub struct H2Conn {
     /// The proxy serving its requests.
     pub proxy: Arc<Proxy>,
-    /// The connection as the request path sees it.
-    pub client: Arc<ClientConn>,
     /// Limits from the config.
     pub limits: ClientLimits,
-    /// Notified when the listener wants the connection back (at its
-    /// connection limit).
-    pub evict: Arc<Notify>,
-    /// Changes when the proxy shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// The connection as its listener tracks it.
+    pub tracked: Arc<Tracked>,
 }
 
 /// Serves HTTP/2 on `io` (whose preface has not been consumed).
@@ -76,49 +73,39 @@ where
 {
     let H2Conn {
         proxy,
-        client,
         limits,
-        evict,
-        mut shutdown,
+        tracked,
     } = c;
+    let client = tracked.client.clone();
     let idle = limits.client_idle_timeout;
-    let mut builder = h2::server::Builder::new();
-    builder
-        .initial_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .max_send_buffer_size(400 * 1024)
-        .max_local_error_reset_streams(Some(1024));
-    let mut conn = match tokio::time::timeout(idle, builder.handshake::<_, Bytes>(io)).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %client.peer.addr, "HTTP/2 handshake failed: {e}");
-            return;
-        }
-        Err(_) => return,
+    let Some(mut conn) = handshake(io, &limits, &client).await else {
+        return;
     };
     let quiet = Arc::new(Quiet::default());
     let mut ping = conn.ping_pong();
-    let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
-    let mut pong_due: Option<tokio::time::Instant> = None;
-    let mut going_away: Option<tokio::time::Instant> = None;
+    let mut next_ping = Instant::now() + PING_EVERY;
+    let mut pong_due: Option<Instant> = None;
+    let mut going_away: Option<Instant> = None;
+    // One timer for every deadline, moved only when the earliest changes:
+    // this loop runs each time the connection wakes.
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
     loop {
         if going_away.is_none() && quiet.resets.load(Ordering::Relaxed) > MAX_RESETS {
             tracing::warn!(client = %client.peer.addr, "HTTP/2 client reset more than {MAX_RESETS} started streams, going away");
             conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
-            going_away = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            going_away = Some(Instant::now() + Duration::from_secs(1));
         }
-        let idle_due = if client.active() == 0 {
-            client.idle_since() + idle
-        } else {
-            std::time::Instant::now() + idle
-        };
-        let timer = [Some(idle_due.into()), pong_due, going_away, Some(next_ping)]
+        let idle_due = (client.active() == 0 && going_away.is_none())
+            .then(|| Instant::from_std(client.idle_since() + idle));
+        let due = [idle_due, pong_due, going_away, Some(next_ping)]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(next_ping);
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         tokio::select! {
             accepted = poll_fn(|cx| quiet.watch(conn.poll_accept(cx))) => match accepted {
                 Some(Ok((req, respond))) => {
@@ -131,46 +118,31 @@ where
                 }
                 None => break,
             },
-            _ = evict.notified() => {
-                if client.active() == 0 {
+            raised = tracked.signal.wait(EVICT | SHUTDOWN), if going_away.is_none() => {
+                if raised & SHUTDOWN != 0 {
+                    conn.graceful_shutdown();
+                    going_away = Some(Instant::now() + idle.max(Duration::from_secs(5)));
+                } else if client.active() == 0 {
                     // Nothing in flight: one GOAWAY naming the last stream.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    going_away.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
+                    going_away = Some(Instant::now() + Duration::from_secs(1));
                 }
-            }
-            _ = shutdown.changed(), if going_away.is_none() => {
-                conn.graceful_shutdown();
-                going_away = Some(tokio::time::Instant::now() + idle.max(Duration::from_secs(5)));
             }
             pong = poll_fn(|cx| match ping.as_mut() {
                 Some(p) if pong_due.is_some() => p.poll_pong(cx).map(|r| r.is_ok()),
                 _ => Poll::Pending,
-            }) => {
+            }), if pong_due.is_some() => {
                 pong_due = None;
                 if !pong {
                     break;
                 }
             }
-            _ = tokio::time::sleep_until(timer) => {
-                let now = tokio::time::Instant::now();
-                if going_away.is_some_and(|t| now >= t) || pong_due.is_some_and(|t| now >= t) {
-                    // GOAWAY not honoured in time, or a dead peer.
-                    break;
-                }
-                if client.active() == 0 && now >= idle_due.into() && going_away.is_none() {
-                    tracing::debug!(client = %client.peer.addr, "HTTP/2 connection idle for {idle:?}, going away");
-                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    going_away = Some(now + idle.min(Duration::from_secs(10)));
-                }
-                if now >= next_ping {
-                    next_ping = now + PING_EVERY;
-                    if client.active() > 0
-                        && pong_due.is_none()
-                        && let Some(p) = ping.as_mut()
-                        && p.send_ping(h2::Ping::opaque()).is_ok()
-                    {
-                        pong_due = Some(now + PONG_WITHIN);
-                    }
+            _ = &mut timer => {
+                let now = Instant::now();
+                let state = Timers { idle_due, pong_due, going_away, next_ping };
+                match on_timer(&mut conn, &mut ping, &client, idle, state, now) {
+                    Some(t) => (pong_due, going_away, next_ping) = (t.pong_due, t.going_away, t.next_ping),
+                    None => break,
                 }
             }
         }
@@ -179,12 +151,89 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_closed(cx))).await;
 }
 
+/// The HTTP/2 handshake with the builder's settings, within the idle
+/// timeout.
+async fn handshake<I>(
+    io: I,
+    limits: &ClientLimits,
+    client: &ClientConn,
+) -> Option<h2::server::Connection<I, Bytes>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_send_buffer_size(400 * 1024)
+        .max_local_error_reset_streams(Some(1024));
+    match tokio::time::timeout(limits.client_idle_timeout, builder.handshake(io)).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %client.peer.addr, "HTTP/2 handshake failed: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// A connection's deadlines.
+#[derive(Clone, Copy)]
+struct Timers {
+    idle_due: Option<Instant>,
+    pong_due: Option<Instant>,
+    going_away: Option<Instant>,
+    next_ping: Instant,
+}
+
+/// Acts on the deadlines that have passed at `now`: closes a connection
+/// that did not go away in time or does not answer PINGs (`None`), sends
+/// GOAWAY to an idle one, a PING to a busy one.
+fn on_timer<I, B>(
+    conn: &mut h2::server::Connection<I, B>,
+    ping: &mut Option<h2::PingPong>,
+    client: &ClientConn,
+    idle: Duration,
+    mut t: Timers,
+    now: Instant,
+) -> Option<Timers>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    B: bytes::Buf,
+{
+    if t.going_away.is_some_and(|d| now >= d) || t.pong_due.is_some_and(|d| now >= d) {
+        // GOAWAY not honoured in time, or a dead peer.
+        return None;
+    }
+    if t.idle_due.is_some_and(|d| now >= d) && client.active() == 0 {
+        tracing::debug!(client = %client.peer.addr, "HTTP/2 connection idle for {idle:?}, going away");
+        conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+        t.going_away = Some(now + idle.min(Duration::from_secs(10)));
+    }
+    if now >= t.next_ping {
+        t.next_ping = now + PING_EVERY;
+        if client.active() > 0
+            && t.pong_due.is_none()
+            && let Some(p) = ping.as_mut()
+            && p.send_ping(h2::Ping::opaque()).is_ok()
+        {
+            t.pong_due = Some(now + PONG_WITHIN);
+        }
+    }
+    Some(t)
+}
+
 /// [`Quiet`] counts the times the connection task has read everything the
 /// client had sent (its `accept` returned pending), so that a new stream
 /// can wait until the bytes that arrived with it have all been read.
 #[derive(Default)]
 struct Quiet {
     count: AtomicU64,
+    /// Streams waiting in [`Quiet::after`]; only then is `changed` notified
+    /// (a notify takes a lock, and this counts on every wake).
+    waiting: AtomicUsize,
     changed: Notify,
     /// Streams the client reset after they had started.
     resets: AtomicU32,
@@ -199,13 +248,26 @@ impl Quiet {
     fn watch<T>(&self, p: Poll<T>) -> Poll<T> {
         if p.is_pending() {
             self.count.fetch_add(1, Ordering::AcqRel);
-            self.changed.notify_waiters();
+            if self.waiting.load(Ordering::Acquire) > 0 {
+                self.changed.notify_waiters();
+            }
         }
         p
     }
 
     /// Resolves once the connection has gone quiet after `since`.
     async fn after(&self, since: u64) {
+        if self.now() != since {
+            return;
+        }
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);

@@ -1,14 +1,20 @@
 //! [`ClientIo`]: a client connection's byte stream as the HTTP servers see
-//! it. It replays the bytes read to tell HTTP/2 from HTTP/1.1, and fails a
+//! it. It replays the bytes read to tell HTTP/2 from HTTP/1.1, fails a
 //! write that the client has not let through for the send timeout in force
 //! (the client stopped reading), so a stalled client never holds a
-//! response, and the backend connection behind it, forever.
+//! response, and the backend connection behind it, forever; and reads as
+//! closed once its [`Closer`] says so and no request is in progress, which
+//! is how a connection's watchdog ends an idle HTTP/1.1 connection without
+//! sitting in its read path.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use atomic_waker::AtomicWaker;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -48,11 +54,28 @@ pub async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<S
     }
 }
 
+/// Asks a [`ClientIo`] to read as closed once no request is in progress.
+#[derive(Default)]
+pub struct Closer {
+    close: AtomicBool,
+    reader: AtomicWaker,
+}
+
+impl Closer {
+    /// From now on the connection reads as closed whenever it is idle; its
+    /// reader is woken to find out.
+    pub fn close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+}
+
 /// See the module docs.
 pub struct ClientIo<I> {
     io: I,
     prefix: Bytes,
     client: Arc<ClientConn>,
+    closer: Option<Arc<Closer>>,
     stall: Option<Pin<Box<Sleep>>>,
     armed: bool,
 }
@@ -64,9 +87,16 @@ impl<I> ClientIo<I> {
             io,
             prefix,
             client,
+            closer: None,
             stall: None,
             armed: false,
         }
+    }
+
+    /// Reads as closed once `closer` says so and no request is in progress.
+    pub fn closed_by(mut self, closer: Arc<Closer>) -> Self {
+        self.closer = Some(closer);
+        self
     }
 
     /// Called when a write could not go through: arms the stall timer, or
@@ -121,7 +151,24 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if let Some(c) = &self.closer
+            && c.close.load(Ordering::Acquire)
+            && self.client.active() == 0
+        {
+            // End of stream: hyper closes an idle connection cleanly.
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if polled.is_pending()
+            && let Some(c) = &self.closer
+        {
+            c.reader.register(cx.waker());
+            // Asked to close just now: look again.
+            if c.close.load(Ordering::Acquire) && self.client.active() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        polled
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod conn;
 mod h2;
 mod io;
+mod signal;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -26,13 +27,15 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
+
+use signal::{EVICT, SHUTDOWN, Signal, Tracked};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
 use crate::proxy::Proxy;
 use crate::proxy::client::ClientConn;
-use conn::{Conn, Tracked};
+use conn::Conn;
 
 /// Idle connections asked to close at once when a listener is full (as
 /// nginx's `ngx_drain_connections`).
@@ -84,11 +87,19 @@ impl Registry {
                 break;
             }
             if t.client.active() == 0 {
-                t.evict.notify_one();
+                t.signal.raise(EVICT);
                 asked += 1;
             }
         }
         asked
+    }
+
+    /// Tells every connection the proxy is shutting down.
+    fn shutdown(&self) {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for t in conns.iter().filter_map(Weak::upgrade) {
+            t.signal.raise(SHUTDOWN);
+        }
     }
 }
 
@@ -115,6 +126,7 @@ struct Active {
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
     permits: Arc<Semaphore>,
     max_connections: usize,
+    registry: Arc<Registry>,
 }
 
 /// A listener's identity across reloads: its address, and which of the
@@ -140,9 +152,10 @@ pub struct Bound(Vec<(Key, TcpListener)>);
 pub struct Listeners {
     proxy: Arc<Proxy>,
     limits: Arc<ArcSwap<ClientLimits>>,
-    shutdown: watch::Sender<bool>,
     live: Arc<Live>,
     active: HashMap<Key, Active>,
+    /// Listeners closed by a reload whose connections still run.
+    retired: Vec<Arc<Registry>>,
 }
 
 impl Listeners {
@@ -151,9 +164,9 @@ impl Listeners {
         Listeners {
             proxy,
             limits: Arc::new(ArcSwap::from_pointee(limits.clone())),
-            shutdown: watch::channel(false).0,
             live: Arc::default(),
             active: HashMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -198,6 +211,7 @@ impl Listeners {
         for key in gone {
             if let Some(a) = self.active.remove(&key) {
                 let _ = a.stop.send(true);
+                self.retired.push(a.registry);
                 tracing::info!("no longer listening on {}", key.0);
             }
         }
@@ -222,14 +236,14 @@ impl Listeners {
         let (stop, stopped) = watch::channel(false);
         let tls = Arc::new(ArcSwapOption::empty());
         let permits = Arc::new(Semaphore::new(max_connections));
+        let registry: Arc<Registry> = Arc::default();
         let accepting = Accepting {
             proxy: self.proxy.clone(),
             limits: self.limits.clone(),
-            shutdown: self.shutdown.subscribe(),
             live: self.live.clone(),
             tls: tls.clone(),
             permits: permits.clone(),
-            registry: Arc::default(),
+            registry: registry.clone(),
         };
         let task = tokio::spawn(accept_loop(listener, accepting, stopped));
         self.active.insert(
@@ -240,6 +254,7 @@ impl Listeners {
                 tls,
                 permits,
                 max_connections,
+                registry,
             },
         );
     }
@@ -251,10 +266,14 @@ impl Listeners {
         for a in self.active.values() {
             let _ = a.stop.send(true);
         }
+        let mut registries = self.retired;
         for (_, a) in self.active {
             let _ = a.task.await;
+            registries.push(a.registry);
         }
-        let _ = self.shutdown.send(true);
+        for r in &registries {
+            r.shutdown();
+        }
         let drained = async {
             loop {
                 let zero = self.live.zero.notified();
@@ -298,7 +317,6 @@ fn resize(active: &mut Active, new: usize) {
 struct Accepting {
     proxy: Arc<Proxy>,
     limits: Arc<ArcSwap<ClientLimits>>,
-    shutdown: watch::Receiver<bool>,
     live: Arc<Live>,
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
     permits: Arc<Semaphore>,
@@ -361,7 +379,7 @@ fn spawn_conn(
     let tls = a.tls.load_full();
     let tracked = Arc::new(Tracked {
         client: ClientConn::new(peer, tls.is_some(), conn::initial_send_timeout()),
-        evict: Arc::new(Notify::new()),
+        signal: Signal::default(),
     });
     a.registry.add(&tracked, limits.max_connections);
     a.live.count.fetch_add(1, Ordering::AcqRel);
@@ -370,7 +388,6 @@ fn spawn_conn(
         proxy: a.proxy.clone(),
         limits: (*limits).clone(),
         tracked,
-        shutdown: a.shutdown.clone(),
         permit,
     };
     tokio::spawn(async move {

@@ -16,8 +16,8 @@ mod generated {
         path: "../wit",
         imports: { default: trappable },
         with: {
-            "switchyard:policy/types.request": super::RequestRes,
-            "switchyard:policy/host.counter": super::CounterRes,
+            "switchyard:policy/types.request": crate::policy::bindings::RequestRes,
+            "switchyard:policy/host.counter": crate::policy::bindings::CounterRes,
         },
     });
 }

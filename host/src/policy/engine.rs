@@ -21,10 +21,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, OptLevel};
 
+use super::api::{LoadError, describe};
 use super::bindings::{PolicyWorld, PolicyWorldPre};
+use super::builtin;
 use super::host_impl::HostState;
 use super::sandbox::Ticker;
-use super::{LoadError, builtin, describe};
 use crate::config::PolicySource;
 
 /// Compiled components kept in memory, by content digest.

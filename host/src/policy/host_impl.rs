@@ -8,7 +8,7 @@ use std::time::Instant;
 use http::header::{COOKIE, HOST};
 use wasmtime::component::{Resource, ResourceTable};
 
-use super::RequestView;
+use super::api::RequestView;
 use super::bindings::{CounterRes, RequestRes, host, types};
 use super::sandbox::DeadlineWatch;
 use super::shared::{MAX_COUNTERS, SharedState};

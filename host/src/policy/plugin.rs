@@ -10,15 +10,12 @@
 //! traps (including running out of time or memory) is dropped and the
 //! thread takes a spare next time.
 //!
-//! Health: after `max-failures` consecutive failures, or when at least half
-//! of a thread's last [`WINDOW`] calls failed, the policy is reported
-//! unhealthy; requests then go to the fallback without calling it, except
-//! one probe every [`PROBE_INTERVAL`], and the first success heals it.
+//! Its health is kept by [`super::health`].
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
@@ -26,22 +23,17 @@ use thread_local::ThreadLocal;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{PolicyWorld, types};
-use super::engine::{Compiled, PolicyEngine};
-use super::host_impl::{HostState, LogLimiter, monotonic_ns};
-use super::sandbox::{Ticker, deadline_ticks};
-use super::shared::SharedState;
-use super::{
+use super::api::{
     BackendState, CookieSpec, Decision, LoadError, Policy, PolicyFailure, PolicyStatus,
     RequestView, SameSite, describe,
 };
+use super::bindings::{PolicyWorld, types};
+use super::engine::{Compiled, PolicyEngine};
+use super::health::{Health, Record};
+use super::host_impl::{HostState, LogLimiter, monotonic_ns};
+use super::sandbox::{Ticker, deadline_ticks};
+use super::shared::SharedState;
 use crate::config::{SandboxConfig, UpstreamConfig};
-
-/// How often an unhealthy policy is tried again.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Calls per thread over which the failure rate is judged.
-pub const WINDOW: u32 = 20;
 
 /// Time allowed for the first instance of a load: instantiation,
 /// `configure` and a first `select`, which may be slow (fresh memory, lazy
@@ -78,25 +70,11 @@ struct Inner {
     logs: Arc<LogLimiter>,
 }
 
-/// Consecutive failures and the unhealthy state.
-#[derive(Debug, Default)]
-struct Health {
-    consecutive: AtomicU32,
-    unhealthy: AtomicBool,
-    next_probe_ns: AtomicU64,
-    /// While unhealthy: successes in a row so far, and how many heal it
-    /// (one after a run of failures; more after a bad failure rate, or a
-    /// policy failing every other call would flap).
-    successes: AtomicU32,
-    heal_after: AtomicU32,
-}
-
 /// One thread's instance and its recent record.
 #[derive(Default)]
 struct Slot {
     live: Option<Live>,
-    calls: u32,
-    failures: u32,
+    record: Record,
 }
 
 /// One instance.
@@ -151,7 +129,7 @@ impl WasmPolicy {
             spares: ArrayQueue::new(workers.max(1) + SPARES),
             refilling: AtomicBool::new(false),
             next_refill_ns: AtomicU64::new(0),
-            health: Health::default(),
+            health: Health::new(sandbox.max_failures),
         });
         inner.dry_run(states)?;
         while !inner.spares.is_full() {
@@ -199,8 +177,8 @@ impl Inner {
             digest: self.compiled.digest.clone(),
             size: self.compiled.size,
             loaded_at: self.loaded_at,
-            healthy: !self.health.unhealthy.load(Ordering::Relaxed),
-            consecutive_failures: self.health.consecutive.load(Ordering::Relaxed),
+            healthy: self.health.healthy(),
+            consecutive_failures: self.health.consecutive(),
         }
     }
 
@@ -328,91 +306,6 @@ impl Inner {
         }
     }
 
-    /// Whether this request should skip an unhealthy policy. One caller
-    /// per probe interval gets to try it.
-    fn skip(&self) -> bool {
-        if !self.health.unhealthy.load(Ordering::Relaxed) {
-            return false;
-        }
-        let now = monotonic_ns();
-        let next = self.health.next_probe_ns.load(Ordering::Relaxed);
-        now < next
-            || self
-                .health
-                .next_probe_ns
-                .compare_exchange(
-                    next,
-                    now + PROBE_INTERVAL.as_nanos() as u64,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-    }
-
-    fn mark_unhealthy(&self, why: std::fmt::Arguments<'_>, heal_after: u32) {
-        self.health.successes.store(0, Ordering::Relaxed);
-        self.health.heal_after.store(heal_after, Ordering::Relaxed);
-        if !self.health.unhealthy.swap(true, Ordering::Relaxed) {
-            self.health.next_probe_ns.store(
-                monotonic_ns() + PROBE_INTERVAL.as_nanos() as u64,
-                Ordering::Relaxed,
-            );
-            tracing::warn!(
-                policy = %self.label,
-                "policy unhealthy {why}; requests use the fallback, the policy is retried every {PROBE_INTERVAL:?}"
-            );
-        }
-    }
-
-    /// Counts a failure that is not a call's (an instance that could not
-    /// be made).
-    fn failed(&self, failure: &PolicyFailure) {
-        let n = self.health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.sandbox.max_failures {
-            self.mark_unhealthy(
-                format_args!("after {n} consecutive failures (last: {failure})"),
-                1,
-            );
-        }
-    }
-
-    fn settle_here(&self, slot: &mut Slot, verdict: Result<(), &PolicyFailure>) {
-        slot.calls += 1;
-        match verdict {
-            Ok(()) => {
-                if self.health.consecutive.load(Ordering::Relaxed) != 0 {
-                    self.health.consecutive.store(0, Ordering::Relaxed);
-                }
-                let h = &self.health;
-                if h.unhealthy.load(Ordering::Relaxed)
-                    && h.successes.fetch_add(1, Ordering::Relaxed) + 1
-                        >= h.heal_after.load(Ordering::Relaxed)
-                    && h.unhealthy.swap(false, Ordering::Relaxed)
-                {
-                    tracing::info!(policy = %self.label, "policy is healthy again");
-                }
-            }
-            Err(failure) => {
-                slot.failures += 1;
-                self.health.successes.store(0, Ordering::Relaxed);
-                self.failed(failure);
-            }
-        }
-        if slot.calls >= WINDOW {
-            if slot.failures * 2 >= slot.calls {
-                let (f, c) = (slot.failures, slot.calls);
-                self.mark_unhealthy(
-                    format_args!("after {f} of its last {c} calls on one thread failed"),
-                    WINDOW / 4,
-                );
-            }
-            slot.calls = 0;
-            slot.failures = 0;
-        }
-    }
-
-    /// Tops the spares up in the background, unless that is already under
-    /// way or recently failed.
     /// Spares wanted: one for a thread that loses its instance; for a
     /// pooled (WASI) policy, the whole pool.
     fn target(&self) -> usize {
@@ -423,6 +316,8 @@ impl Inner {
         }
     }
 
+    /// Tops the spares up in the background, unless that is already under
+    /// way or recently failed.
     fn refill(self: &Arc<Self>) {
         if self.spares.len() >= self.target() {
             return;
@@ -443,7 +338,9 @@ impl Inner {
                     }
                     Err(e) => {
                         tracing::warn!(policy = %inner.label, "cannot make a new instance: {e}");
-                        inner.failed(&PolicyFailure::Unavailable(e.to_string()));
+                        inner
+                            .health
+                            .failed(&inner.label, &PolicyFailure::Unavailable(e.to_string()));
                         inner.next_refill_ns.store(
                             monotonic_ns() + REFILL_BACKOFF.as_nanos() as u64,
                             Ordering::Relaxed,
@@ -467,7 +364,7 @@ impl Inner {
         req: &mut RequestView,
         states: &[BackendState],
     ) -> Result<Decision, PolicyFailure> {
-        if self.skip() {
+        if self.health.skip() {
             return Err(PolicyFailure::Skipped);
         }
         if self.compiled.wasi {
@@ -594,8 +491,14 @@ impl Policy for WasmPolicy {
             .instances
             .get_or(|| RefCell::new(Slot::default()));
         match cell.try_borrow_mut() {
-            Ok(mut slot) => self.inner.settle_here(&mut slot, verdict),
-            Err(_) => self.inner.settle_here(&mut Slot::default(), verdict),
+            Ok(mut slot) => self
+                .inner
+                .health
+                .settle(&self.inner.label, &mut slot.record, verdict),
+            Err(_) => self
+                .inner
+                .health
+                .settle(&self.inner.label, &mut Record::default(), verdict),
         }
     }
 

@@ -52,18 +52,20 @@ impl Answer {
     }
 }
 
-/// How one attempt to send the request to a backend ended.
-enum Attempt {
-    /// The backend answered after `took`.
-    Answered {
-        resp: Response<Incoming>,
-        sender: Sender,
-        in_flight: InFlight,
-        sent_at: Instant,
-        took: Duration,
-    },
+/// A backend's answer to an attempt.
+struct Answered {
+    resp: Response<Incoming>,
+    sender: Sender,
+    in_flight: InFlight,
+    sent_at: Instant,
+    /// Time to the response headers.
+    took: Duration,
+}
+
+/// How one attempt to send the request to a backend failed.
+enum Failed {
     /// The request never left: try another backend with it.
-    NotSent(Parts, RequestBody, FailureKind, String),
+    NotSent(Box<(Parts, RequestBody)>, FailureKind, String),
     /// The request left but the connection broke before any response.
     Lost(String),
     /// No response within `response-timeout` of sending, or the backend
@@ -101,6 +103,14 @@ pub struct Extras {
     pub alive: ActiveGuard,
 }
 
+/// What to do after a failed attempt.
+enum Next {
+    /// Try another backend with this head and body.
+    Retry(Parts, RequestBody, String),
+    /// Answer the client now.
+    Answer(Answer),
+}
+
 /// Asks the policy and sends the request, failing over as the module docs
 /// describe.
 pub async fn forward(
@@ -122,127 +132,30 @@ pub async fn forward(
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_error = String::new();
     let mut all_busy = true;
-    let mut attempt_no = 0;
     while let Some(choice) = upstream.choose(&**policy, &mut view, &tried) {
-        attempt_no += 1;
         let index = choice.backend;
-        let backend = &upstream.backends[index];
-        let report = |failure: FailureKind, connected: bool| {
-            upstream.report(
-                index,
-                &Outcome {
-                    connected,
-                    failure: Some(failure),
-                    attempt: attempt_no,
-                    ..Outcome::default()
-                },
-            );
-        };
-        match attempt(upstream, backend, view.parts, body).await {
-            Attempt::Answered {
-                resp,
-                sender,
-                in_flight,
-                sent_at,
-                took,
-            } => {
-                let outcome = Outcome {
-                    connected: true,
-                    status: Some(resp.status()),
-                    headers_after: Some(took),
-                    attempt: attempt_no,
-                    ..Outcome::default()
-                };
-                let resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let Some(client) = extras.upgrade.take() else {
-                        // A backend may not switch protocols unasked.
-                        report(FailureKind::Protocol, true);
-                        tracing::warn!(upstream = %upstream.name, backend = %backend.name, "backend answered 101 to a request that asked for no upgrade");
-                        return Answer::proxy(
-                            StatusCode::BAD_GATEWAY,
-                            "the backend switched protocols unasked",
-                        );
-                    };
-                    upstream.report(index, &outcome);
-                    tunnel(
-                        resp,
-                        client,
-                        in_flight,
-                        extras.alive.another(),
-                        backend.name.clone(),
-                        cfg.tunnel_idle_timeout,
-                    )
-                } else {
-                    let done = Completion {
-                        in_flight,
-                        reuse: None,
-                        report: Some(Report {
-                            upstream: upstream.clone(),
-                            backend: index,
-                            sent_at,
-                            outcome,
-                        }),
-                    };
-                    respond(
-                        resp,
-                        sender,
-                        done,
-                        backend,
-                        choice.set_cookie,
-                        cfg.read_timeout,
-                    )
-                };
-                return Answer {
-                    resp,
-                    backend: Some(index),
-                    upstream_time: Some(took),
-                };
+        let attempt_no = tried.len() as u32 + 1;
+        let failed = match attempt(upstream, &upstream.backends[index], view.parts, body).await {
+            Ok(a) => {
+                return answered(
+                    upstream,
+                    index,
+                    attempt_no,
+                    a,
+                    choice.set_cookie,
+                    &mut extras,
+                );
             }
-            Attempt::NotSent(p, b, kind, why) => {
-                report(kind, false);
-                all_busy &= kind == FailureKind::Busy;
+            Err(failed) => failed,
+        };
+        all_busy &= matches!(&failed, Failed::NotSent(_, FailureKind::Busy, _));
+        match after_failure(upstream, index, attempt_no, failed, replay.as_ref()) {
+            Next::Retry(p, b, why) => {
                 view.parts = p;
                 body = b;
                 last_error = why;
             }
-            Attempt::Lost(why) => {
-                report(FailureKind::Lost, true);
-                all_busy = false;
-                let Some(head) = &replay else {
-                    tracing::warn!(upstream = %upstream.name, backend = %backend.name, "{why}");
-                    return Answer {
-                        resp: error_response(StatusCode::BAD_GATEWAY, &why),
-                        backend: Some(index),
-                        upstream_time: None,
-                    };
-                };
-                view.parts = copy_head(head);
-                body = RequestBody::empty();
-                last_error = why;
-            }
-            Attempt::ClientBody(status, why) => {
-                report(FailureKind::ClientGone, true);
-                tracing::debug!(upstream = %upstream.name, "client body failed: {why}");
-                return Answer::proxy(status, &why);
-            }
-            Attempt::TimedOut(kind, why) => {
-                report(kind, true);
-                tracing::warn!(upstream = %upstream.name, backend = %backend.name, "{why}");
-                return Answer {
-                    resp: error_response(StatusCode::GATEWAY_TIMEOUT, &why),
-                    backend: Some(index),
-                    upstream_time: None,
-                };
-            }
-            Attempt::TooLarge(why) => {
-                report(FailureKind::TooLarge, true);
-                tracing::warn!(upstream = %upstream.name, backend = %backend.name, "{why}");
-                return Answer {
-                    resp: error_response(StatusCode::BAD_GATEWAY, &why),
-                    backend: Some(index),
-                    upstream_time: None,
-                };
-            }
+            Next::Answer(a) => return a,
         }
         tried.push(index);
         if tried.len() > cfg.retries as usize || Instant::now() >= deadline {
@@ -259,6 +172,129 @@ pub async fn forward(
     }
     tracing::warn!(upstream = %upstream.name, "no backend could be reached: {last_error}");
     Answer::proxy(StatusCode::BAD_GATEWAY, "no backend could be reached")
+}
+
+/// The client's answer from a backend's response: streamed back, or, for
+/// a `101`, a tunnel (`502` if the request asked for no upgrade).
+fn answered(
+    upstream: &Arc<Upstream>,
+    index: usize,
+    attempt_no: u32,
+    a: Answered,
+    set_cookie: Option<HeaderValue>,
+    extras: &mut Extras,
+) -> Answer {
+    let backend = &upstream.backends[index];
+    let cfg = &upstream.config;
+    let mut outcome = Outcome {
+        connected: true,
+        status: Some(a.resp.status()),
+        headers_after: Some(a.took),
+        attempt: attempt_no,
+        ..Outcome::default()
+    };
+    let resp = if a.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = extras.upgrade.take() else {
+            // A backend may not switch protocols unasked.
+            outcome.failure = Some(FailureKind::Protocol);
+            upstream.report(index, &outcome);
+            tracing::warn!(upstream = %upstream.name, backend = %backend.name, "backend answered 101 to a request that asked for no upgrade");
+            return Answer::proxy(
+                StatusCode::BAD_GATEWAY,
+                "the backend switched protocols unasked",
+            );
+        };
+        upstream.report(index, &outcome);
+        tunnel(
+            a.resp,
+            client,
+            a.in_flight,
+            extras.alive.another(),
+            backend.name.clone(),
+            cfg.tunnel_idle_timeout,
+        )
+    } else {
+        let done = Completion {
+            in_flight: a.in_flight,
+            reuse: None,
+            report: Some(Report {
+                upstream: upstream.clone(),
+                backend: index,
+                sent_at: a.sent_at,
+                outcome,
+            }),
+        };
+        respond(
+            a.resp,
+            a.sender,
+            done,
+            backend,
+            set_cookie,
+            cfg.read_timeout,
+        )
+    };
+    Answer {
+        resp,
+        backend: Some(index),
+        upstream_time: Some(a.took),
+    }
+}
+
+/// Reports a failed attempt and says what to do next.
+fn after_failure(
+    upstream: &Upstream,
+    index: usize,
+    attempt_no: u32,
+    failed: Failed,
+    replay: Option<&Parts>,
+) -> Next {
+    let backend = &upstream.backends[index];
+    let report = |failure: FailureKind, connected: bool| {
+        upstream.report(
+            index,
+            &Outcome {
+                connected,
+                failure: Some(failure),
+                attempt: attempt_no,
+                ..Outcome::default()
+            },
+        );
+    };
+    let from_backend = |status: StatusCode, why: &str| {
+        tracing::warn!(upstream = %upstream.name, backend = %backend.name, "{why}");
+        Next::Answer(Answer {
+            resp: error_response(status, why),
+            backend: Some(index),
+            upstream_time: None,
+        })
+    };
+    match failed {
+        Failed::NotSent(request, kind, why) => {
+            report(kind, false);
+            let (p, b) = *request;
+            Next::Retry(p, b, why)
+        }
+        Failed::Lost(why) => {
+            report(FailureKind::Lost, true);
+            match replay {
+                Some(head) => Next::Retry(copy_head(head), RequestBody::empty(), why),
+                None => from_backend(StatusCode::BAD_GATEWAY, &why),
+            }
+        }
+        Failed::ClientBody(status, why) => {
+            report(FailureKind::ClientGone, true);
+            tracing::debug!(upstream = %upstream.name, "client body failed: {why}");
+            Next::Answer(Answer::proxy(status, &why))
+        }
+        Failed::TimedOut(kind, why) => {
+            report(kind, true);
+            from_backend(StatusCode::GATEWAY_TIMEOUT, &why)
+        }
+        Failed::TooLarge(why) => {
+            report(FailureKind::TooLarge, true);
+            from_backend(StatusCode::BAD_GATEWAY, &why)
+        }
+    }
 }
 
 /// The kind of a failed connection attempt.
@@ -319,7 +355,7 @@ async fn attempt(
     backend: &Backend,
     mut parts: Parts,
     mut body: RequestBody,
-) -> Attempt {
+) -> Result<Answered, Failed> {
     let cfg = &upstream.config;
     if !parts.headers.contains_key(HOST)
         && let Ok(h) = HeaderValue::from_str(&backend.address)
@@ -327,21 +363,33 @@ async fn attempt(
         // An HTTP/1.0 client may name no host; HTTP/1.1 needs one.
         parts.headers.insert(HOST, h);
     }
-    let had_te = parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let had_te = backend.h2 && parts.headers.contains_key(http::header::TRANSFER_ENCODING);
     let (mut sender, mut fresh) = if backend.h2 {
         match backend.pool.h2(cfg.connect_timeout).await {
             Ok(s) => {
                 if let Err(e) = h2_head(&mut parts, backend) {
-                    return Attempt::ClientBody(StatusCode::BAD_REQUEST, e);
+                    return Err(Failed::ClientBody(StatusCode::BAD_REQUEST, e));
                 }
                 (Sender::H2(s), true)
             }
-            Err(e) => return Attempt::NotSent(parts, body, connect_kind(&e), e.to_string()),
+            Err(e) => {
+                return Err(Failed::NotSent(
+                    Box::new((parts, body)),
+                    connect_kind(&e),
+                    e.to_string(),
+                ));
+            }
         }
     } else {
         match backend.pool.h1(cfg.connect_timeout).await {
             Ok((s, fresh)) => (Sender::H1(s), fresh),
-            Err(e) => return Attempt::NotSent(parts, body, connect_kind(&e), e.to_string()),
+            Err(e) => {
+                return Err(Failed::NotSent(
+                    Box::new((parts, body)),
+                    connect_kind(&e),
+                    e.to_string(),
+                ));
+            }
         }
     };
     let watch = body.watch();
@@ -351,16 +399,19 @@ async fn attempt(
     loop {
         match send(&mut sender, req, cfg, watch.as_deref()).await {
             Sent::Response(resp) => {
-                return Attempt::Answered {
+                return Ok(Answered {
                     resp,
                     sender,
                     in_flight,
                     sent_at,
                     took: sent_at.elapsed(),
-                };
+                });
             }
             Sent::TimedOut(kind, why) => {
-                return Attempt::TimedOut(kind, format!("backend {}: {why}", backend.name));
+                return Err(Failed::TimedOut(
+                    kind,
+                    format!("backend {}: {why}", backend.name),
+                ));
             }
             Sent::Failed(mut e) => match e.take_message() {
                 Some(unsent) if !fresh => {
@@ -374,21 +425,24 @@ async fn attempt(
                         }
                         Err(ce) => {
                             let (p, b) = unsent.into_parts();
-                            return Attempt::NotSent(p, b, connect_kind(&ce), ce.to_string());
+                            return Err(Failed::NotSent(
+                                Box::new((p, b)),
+                                connect_kind(&ce),
+                                ce.to_string(),
+                            ));
                         }
                     }
                 }
                 Some(unsent) => {
                     let (mut p, b) = unsent.into_parts();
                     h1_head(&mut p, had_te);
-                    return Attempt::NotSent(
-                        p,
-                        b,
+                    return Err(Failed::NotSent(
+                        Box::new((p, b)),
                         FailureKind::Connect,
                         e.into_error().to_string(),
-                    );
+                    ));
                 }
-                None => return failed(e.into_error(), backend),
+                None => return Err(failed(e.into_error(), backend)),
             },
         }
     }
@@ -462,9 +516,9 @@ async fn send(
 }
 
 /// Names a failure that left no request to retry.
-fn failed(e: hyper::Error, backend: &Backend) -> Attempt {
+fn failed(e: hyper::Error, backend: &Backend) -> Failed {
     if e.is_parse_too_large() {
-        return Attempt::TooLarge(format!(
+        return Failed::TooLarge(format!(
             "backend {} sent a response head over the proxy's limits",
             backend.name
         ));
@@ -473,21 +527,21 @@ fn failed(e: hyper::Error, backend: &Backend) -> Attempt {
         std::error::Error::source(&e).and_then(|s| s.downcast_ref::<RequestBodyError>());
     if e.is_user() && body_error.is_some() {
         return match body_error {
-            Some(RequestBodyError::Timeout(t)) => Attempt::ClientBody(
+            Some(RequestBodyError::Timeout(t)) => Failed::ClientBody(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the client sent no body data for {t:?}"),
             ),
-            Some(RequestBodyError::TooLarge(limit)) => Attempt::ClientBody(
+            Some(RequestBodyError::TooLarge(limit)) => Failed::ClientBody(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is over this route's limit of {limit} bytes"),
             ),
-            _ => Attempt::ClientBody(
+            _ => Failed::ClientBody(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read".into(),
             ),
         };
     }
-    Attempt::Lost(format!(
+    Failed::Lost(format!(
         "backend {} failed before answering: {e}",
         backend.name
     ))

@@ -18,8 +18,6 @@ use super::client::Peer;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Forwarding headers other proxies and frameworks use that this proxy does
 /// not set: from an untrusted peer they are dropped, since a backend might
@@ -69,62 +67,88 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
     client
 }
 
-/// Removes hop-by-hop headers: those named in `Connection` and the standard
-/// ones (RFC 9110 §7.6.1, plus `Proxy-Connection` and the proxy auth
-/// headers meant for this hop). `TE: trailers` is kept.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: SmallVec<[HeaderName; 4]> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // The usual tokens name no header, or one removed below anyway:
-        // skipping them saves an allocation per message.
-        .filter(|t| {
-            !["close", "keep-alive", "upgrade"]
-                .iter()
-                .any(|k| t.eq_ignore_ascii_case(k))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        // `Connection: host` must not take the request's Host away.
-        .filter(|n| n != header::HOST)
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::TRAILER,
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        headers.remove(header::TE);
-    }
+/// What [`strip`] saw in a message's headers.
+#[derive(Debug, Default)]
+pub struct Stripped {
+    /// `Connection` named `upgrade`.
+    pub upgrade: bool,
+    /// The `Upgrade` header's value (removed).
+    pub upgrade_value: Option<HeaderValue>,
+    /// `Connection` named `close`.
+    pub close: bool,
+    /// There was a `Transfer-Encoding` (removed).
+    pub transfer_encoding: bool,
+    /// `Cookie` fields.
+    pub cookies: usize,
+    /// There was an `Expect` (left in place).
+    pub expect: bool,
 }
 
-/// Drops the forwarding headers this proxy does not set, and `Forwarded`
-/// unless `keep_forwarded` (it is then replaced), from an untrusted peer's
-/// request.
-pub fn drop_untrusted(headers: &mut HeaderMap, keep_forwarded: bool) {
-    for name in &UNTRUSTED {
-        if headers.contains_key(name) {
-            headers.remove(name);
+/// Removes, in one pass over the headers: the hop-by-hop ones (RFC 9110
+/// §7.6.1, `Proxy-Connection`, the proxy auth headers meant for this hop,
+/// and any named in `Connection` except `Host`; `TE: trailers` is kept)
+/// and, for a request from an untrusted peer (`untrusted` is
+/// `Some(keep_forwarded)`), the forwarding headers this proxy does not
+/// believe, `Forwarded` too unless it is to be replaced. Says what it saw.
+pub fn strip(headers: &mut HeaderMap, untrusted: Option<bool>) -> Stripped {
+    let mut seen = Stripped::default();
+    let mut remove: SmallVec<[HeaderName; 8]> = SmallVec::new();
+    let push = |remove: &mut SmallVec<[HeaderName; 8]>, n: &HeaderName| {
+        if !remove.contains(n) {
+            remove.push(n.clone());
+        }
+    };
+    for (name, value) in headers.iter() {
+        match name.as_str() {
+            "connection" => {
+                push(&mut remove, name);
+                let tokens = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+                for t in tokens.map(str::trim) {
+                    if t.eq_ignore_ascii_case("upgrade") {
+                        seen.upgrade = true;
+                    } else if t.eq_ignore_ascii_case("close") {
+                        seen.close = true;
+                    } else if !t.eq_ignore_ascii_case("keep-alive")
+                        && let Ok(n) = HeaderName::from_bytes(t.as_bytes())
+                        // `Connection: host` must not take the Host away.
+                        && n != header::HOST
+                    {
+                        push(&mut remove, &n);
+                    }
+                }
+            }
+            "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "trailer" => push(&mut remove, name),
+            "transfer-encoding" => {
+                seen.transfer_encoding = true;
+                push(&mut remove, name);
+            }
+            "upgrade" => {
+                seen.upgrade_value = Some(value.clone());
+                push(&mut remove, name);
+            }
+            "te" if !value.as_bytes().eq_ignore_ascii_case(b"trailers") => push(&mut remove, name),
+            "cookie" => seen.cookies += 1,
+            "expect" => seen.expect = true,
+            "forwarded" if untrusted == Some(false) => push(&mut remove, name),
+            n if untrusted.is_some() && UNTRUSTED.iter().any(|u| u.as_str() == n) => {
+                push(&mut remove, name)
+            }
+            _ => {}
         }
     }
-    if !keep_forwarded && headers.contains_key(header::FORWARDED) {
-        headers.remove(header::FORWARDED);
+    for name in remove {
+        headers.remove(name);
     }
+    seen
+}
+
+/// Removes the hop-by-hop headers (see [`strip`]).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
+    strip(headers, None)
 }
 
 /// Joins several `Cookie` fields into one, separated by `; ` (RFC 9113
@@ -355,7 +379,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("accept", "*/*"),
         ]);
-        drop_untrusted(&mut h, false);
+        strip(&mut h, Some(false));
         assert_eq!(h.len(), 1, "{h:?}");
     }
 }

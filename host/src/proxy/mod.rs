@@ -23,6 +23,7 @@ pub mod headers;
 mod request;
 pub mod response;
 pub mod router;
+mod runtime;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -35,32 +36,16 @@ use http::header::CONTENT_LENGTH;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 
-use crate::config::Config;
 use crate::policy::{RequestView, request_host};
-use crate::upstream::Upstream;
 use crate::upstream::body::RequestBody;
 use crate::upstream::counters::ByClass;
-use access_log::{AccessLog, Entry};
+use access_log::Entry;
 use body::ProxyBody;
 use client::ClientConn;
 use forward::{Answer, Extras, forward};
 use headers::client_ip;
 use response::error_response;
-use router::Router;
-
-/// [`Runtime`] is everything the request path needs from one config.
-pub struct Runtime {
-    /// The checked config it was built from.
-    pub config: Config,
-    /// Upstream groups, in the config's order.
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// Request → upstream index.
-    pub router: Router,
-    /// 1 for the config loaded at start, +1 for each reload.
-    pub generation: u64,
-    /// Where request lines go, if the access log is on.
-    pub access_log: Option<AccessLog>,
-}
+pub use runtime::Runtime;
 
 /// [`Proxy`] serves requests from the current [`Runtime`].
 pub struct Proxy {

@@ -13,11 +13,9 @@ use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 
-use super::Runtime;
 use super::client::ClientConn;
-use super::headers::{
-    drop_untrusted, is_trusted, join_cookies, remove_hop_by_hop, set_forwarded, set_rfc7239,
-};
+use super::headers::{Stripped, is_trusted, join_cookies, set_forwarded, set_rfc7239, strip};
+use super::runtime::Runtime;
 use crate::config::values::is_authority;
 
 /// Why a request is refused before it is routed.
@@ -41,24 +39,29 @@ pub fn check(parts: &mut Parts) -> Result<(), Refusal> {
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let host = match (parts.version, authority, host) {
+    let (host, replace) = match (parts.version, authority, host) {
         // HTTP/2: `:authority`, and a `host` field only if it agrees.
         (Version::HTTP_2, Some(a), Some(h)) => {
             if !a.as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
                 return Err((BAD, "the host header disagrees with :authority"));
             }
-            a
+            (h, false)
         }
         // HTTP/1.x absolute form: the target's authority replaces `Host`.
-        (_, Some(a), _) => a,
-        (_, None, Some(h)) => h,
+        (_, Some(a), h) => {
+            let same = h.is_some_and(|h| h == a);
+            (a, !same)
+        }
+        (_, None, Some(h)) => (h, false),
         (Version::HTTP_10 | Version::HTTP_09, None, None) => return Ok(()),
         (_, None, None) => return Err((BAD, "no Host header")),
     };
     if !host.to_str().is_ok_and(is_authority) {
         return Err((BAD, "the Host header is not a host name and port"));
     }
-    parts.headers.insert(HOST, host);
+    if replace {
+        parts.headers.insert(HOST, host);
+    }
     Ok(())
 }
 
@@ -67,18 +70,11 @@ pub fn check(parts: &mut Parts) -> Result<(), Refusal> {
 /// of the future tunnel.
 pub type Upgrade = (HeaderValue, OnUpgrade);
 
-fn take_upgrade(parts: &mut Parts, allowed: &[String]) -> Option<Upgrade> {
-    let asks = parts.version == Version::HTTP_11
-        && parts.headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        });
-    if !asks {
+fn take_upgrade(parts: &mut Parts, seen: &Stripped, allowed: &[String]) -> Option<Upgrade> {
+    if parts.version != Version::HTTP_11 || !seen.upgrade {
         return None;
     }
-    let protocol = parts.headers.get(UPGRADE)?.clone();
+    let protocol = seen.upgrade_value.clone()?;
     // `Upgrade: websocket` (a version suffix such as `/13` is allowed);
     // one protocol only: a list would let the backend pick one we refuse.
     let name = protocol.to_str().ok()?.trim();
@@ -97,20 +93,24 @@ pub fn rewrite(
     rt: &Runtime,
     body_unsized: bool,
 ) -> Option<Upgrade> {
-    let upgrade = take_upgrade(parts, &rt.config.upgrades);
-    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length means nothing;
-    // passing both on would let the backend read a different body.
-    if parts.headers.contains_key(TRANSFER_ENCODING) {
-        parts.headers.remove(CONTENT_LENGTH);
-    }
-    remove_hop_by_hop(&mut parts.headers);
-    // The client's `Expect: 100-continue` was answered by this proxy.
-    parts.headers.remove(EXPECT);
-    join_cookies(&mut parts.headers);
     let peer = &client.peer;
     let trusted = is_trusted(&rt.config.trusted_proxies, peer.ip());
-    if !trusted {
-        drop_untrusted(&mut parts.headers, rt.config.forwarded);
+    let seen = strip(
+        &mut parts.headers,
+        (!trusted).then_some(rt.config.forwarded),
+    );
+    let upgrade = take_upgrade(parts, &seen, &rt.config.upgrades);
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length means nothing;
+    // passing both on would let the backend read a different body.
+    if seen.transfer_encoding {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    // The client's `Expect: 100-continue` was answered by this proxy.
+    if seen.expect {
+        parts.headers.remove(EXPECT);
+    }
+    if seen.cookies > 1 {
+        join_cookies(&mut parts.headers);
     }
     set_forwarded(&mut parts.headers, peer, trusted, client.https);
     if rt.config.forwarded {

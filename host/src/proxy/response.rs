@@ -1,7 +1,7 @@
 //! Responses: the short ones the proxy writes itself, and a backend's
 //! turned into the client's.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SET_COOKIE, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -26,14 +26,6 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     resp
 }
 
-/// Whether a `Connection` header asks to close.
-fn says_close(headers: &http::HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-    })
-}
-
 /// Turns a backend's response into the client's. The HTTP/1.1 connection
 /// goes back to the pool when the body ends, unless the backend said it
 /// would close it.
@@ -46,18 +38,18 @@ pub fn respond(
     read_timeout: std::time::Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    let seen = remove_hop_by_hop(&mut parts.headers);
     if let Sender::H1(s) = sender
         && parts.version == Version::HTTP_11
-        && !says_close(&parts.headers)
+        && !seen.close
     {
         done.reuse = Some((s, backend.pool.clone()));
     }
     // RFC 9112 §6.3: chunked framing wins over a Content-Length sent with
     // it; hyper decoded the chunks, so the length must not go on.
-    if parts.headers.contains_key(TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         parts.headers.remove(CONTENT_LENGTH);
     }
-    remove_hop_by_hop(&mut parts.headers);
     if let Some(cookie) = set_cookie {
         parts.headers.append(SET_COOKIE, cookie);
     }

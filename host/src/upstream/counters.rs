@@ -12,6 +12,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
+use super::outcome::FailureKind;
 use crate::policy::PolicyFailure;
 
 /// Upper bounds of the decision-latency buckets, in nanoseconds.
@@ -132,8 +133,8 @@ impl UpstreamMetrics {
 pub struct BackendMetrics {
     /// Responses by status class.
     pub responses: ByClass,
-    /// Attempts that failed, by [`super::FailureKind::index`].
-    pub failures: [Counter; super::FailureKind::ALL.len()],
+    /// Attempts that failed, by [`FailureKind::index`].
+    pub failures: [Counter; FailureKind::ALL.len()],
 }
 
 #[cfg(test)]

@@ -1,0 +1,88 @@
+//! [`RoundRobin`]: the host's own round-robin, the fallback when a policy
+//! fails and the `native:round-robin` baseline for benchmarks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::api::{BackendState, Decision, Policy, PolicyFailure, PolicyStatus, RequestView};
+
+/// Native round-robin over healthy backends: the fallback when a policy
+/// fails, and a baseline for benchmarks.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicU64,
+}
+
+impl RoundRobin {
+    /// The index of the next healthy backend, if any.
+    pub fn pick(&self, states: &[BackendState]) -> Option<usize> {
+        let healthy = states.iter().filter(|s| s.healthy).count() as u64;
+        if healthy == 0 {
+            return None;
+        }
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % healthy;
+        states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.healthy)
+            .nth(k as usize)
+            .map(|(i, _)| i)
+    }
+}
+
+impl Policy for RoundRobin {
+    fn select(
+        &self,
+        _req: &mut RequestView,
+        states: &[BackendState],
+    ) -> Result<Decision, PolicyFailure> {
+        self.pick(states)
+            .map(|backend| Decision {
+                backend: backend as u32,
+                set_cookie: None,
+            })
+            .ok_or_else(|| PolicyFailure::Error("no healthy backend".into()))
+    }
+
+    fn settle(&self, _verdict: Result<(), &PolicyFailure>) {}
+
+    fn name(&self) -> &str {
+        "native-round-robin"
+    }
+
+    fn status(&self) -> PolicyStatus {
+        PolicyStatus {
+            source: self.name().to_string(),
+            file: false,
+            digest: String::new(),
+            size: 0,
+            loaded_at: std::time::UNIX_EPOCH,
+            healthy: true,
+            consecutive_failures: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn states(healthy: &[bool]) -> Vec<BackendState> {
+        healthy
+            .iter()
+            .map(|&healthy| BackendState {
+                healthy,
+                in_flight: 0,
+                latency_ewma_us: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn native_round_robin_skips_unhealthy_backends() {
+        let rr = RoundRobin::default();
+        let s = states(&[true, false, true]);
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(&s).unwrap()).collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+        assert_eq!(rr.pick(&states(&[false, false])), None);
+    }
+}
