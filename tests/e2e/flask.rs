@@ -1,7 +1,7 @@
 //! The classic tutorial, for real: two Flask apps behind the proxy, with
 //! the example's app and config.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -24,7 +24,7 @@ fn requests_alternate_between_two_flask_apps() {
         .zip(&ports)
         .map(|(name, port)| {
             Killed(
-                Command::new("python3")
+                python()
                     .arg(&app)
                     .args([name.to_string(), port.to_string()])
                     .stdout(Stdio::null())

@@ -2,7 +2,7 @@
 //! when the backend closes them, and read to the end when the backend
 //! delimits a body by closing.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -19,7 +19,7 @@ impl PyBackend {
         let dir = TempDir::new("h1-backend");
         let port_file = dir.path().join("port");
         let process = Killed(
-            Command::new("python3")
+            python()
                 .arg(repo().join("tests/e2e/py/h1_backend.py"))
                 .arg(&port_file)
                 .arg(idle.as_secs_f64().to_string())
@@ -41,6 +41,14 @@ impl PyBackend {
             port,
             _dir: dir,
         }
+    }
+
+    /// Idle connections the backend has closed so far (asked directly).
+    fn closed(&self) -> u64 {
+        get(&client(), &format!("http://127.0.0.1:{}/closed", self.port))
+            .body
+            .parse()
+            .unwrap_or(0)
     }
 
     fn config(&self) -> String {
@@ -67,7 +75,10 @@ fn a_connection_the_backend_closed_while_idle_is_not_reused() {
     // sending on it. A POST makes that visible: sent on the dead connection
     // it would be lost and, not being idempotent, never re-sent (a 502, and
     // with one failure the only backend marked down).
-    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        wait_for(Duration::from_secs(10), || backend.closed() >= 1),
+        "the backend never closed the idle connection"
+    );
     let r = post(&agent, &proxy.url("/conn"), b"payload");
     assert_eq!(r.status, 200, "{r:?}\n{}", proxy.log());
     assert_ne!(r.body, first.body, "a closed connection was reused");

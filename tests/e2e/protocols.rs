@@ -197,7 +197,7 @@ fn a_websocket_echoes_100_messages_through_the_proxy() {
     let port_file = dir.path().join("port");
     let script = repo().join("tests/e2e/py/ws.py");
     let _server = Killed(
-        Command::new("python3")
+        python()
             .arg(&script)
             .arg("serve")
             .arg(&port_file)
@@ -218,7 +218,7 @@ fn a_websocket_echoes_100_messages_through_the_proxy() {
         "[server]\nlisten = \"127.0.0.1:{{port}}\"\n[upstreams.app]\npolicy = \"round-robin\"\nbackends = [{{ name = \"ws\", address = \"127.0.0.1:{ws_port}\" }}]\n"
     );
     let proxy = Proxy::start(&config);
-    let out = Command::new("python3")
+    let out = python()
         .arg(&script)
         .arg("echo")
         .arg(format!("ws://127.0.0.1:{}/chat", proxy.port))

@@ -619,6 +619,11 @@ impl Load {
         }
     }
 
+    /// Requests answered or failed so far.
+    pub fn sent(&self) -> usize {
+        self.outcomes.lock().unwrap().0
+    }
+
     /// Stops the clients; returns (requests sent, failures).
     pub fn stop(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -629,15 +634,44 @@ impl Load {
     }
 }
 
+/// `python3` of the project's environment (`.venv/`, made by `./test.sh`)
+/// if there is one, else the one on `PATH`, with the environment's tools
+/// (componentize-py) first on `PATH` for what it runs.
+pub fn python() -> Command {
+    tool("python3")
+}
+
+/// `program` from the project's Python environment if it has one, else
+/// from `PATH`; either way with that environment first on the child's
+/// `PATH` (the policy templates' build scripts run componentize-py).
+pub fn tool(program: &str) -> Command {
+    let venv = repo().join(".venv/bin");
+    let local = venv.join(program);
+    let mut c = Command::new(if local.exists() {
+        local.into_os_string()
+    } else {
+        program.into()
+    });
+    if venv.is_dir() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![venv];
+        dirs.extend(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            c.env("PATH", joined);
+        }
+    }
+    c
+}
+
 /// Fails the test with instructions if a Python module is missing.
 pub fn require_python(module: &str) {
-    let ok = Command::new("python3")
+    let ok = python()
         .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "python3 cannot import {module}: pip install -r tests/requirements.txt (as .ci/run does)"
+        "python3 cannot import {module}: run ./test.sh, which sets up .venv with tests/requirements.txt"
     );
 }
 

@@ -151,7 +151,7 @@ fn ws_server() -> (Killed, u16, TempDir) {
     let dir = TempDir::new("ws");
     let port_file = dir.path().join("port");
     let server = Killed(
-        std::process::Command::new("python3")
+        python()
             .arg(repo().join("tests/e2e/py/ws.py"))
             .arg("serve")
             .arg(&port_file)

@@ -586,7 +586,7 @@ pub fn py_finish(args: &[&str], mut child: Killed) -> serde_json::Value {
 }
 
 fn py_command(args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
+    let mut c = python();
     c.arg(repo().join("tests/e2e/py/hardening.py")).args(args);
     c
 }

@@ -10,6 +10,7 @@ keep-alive connection that stays idle for IDLE_SECONDS, as nginx's
     POST /conn      the same, after reading the body
     GET /close/N    N letters (a-z repeated), no Content-Length, then the
                     server closes the connection (a close-delimited body)
+    GET /closed     how many idle connections the server has closed so far
 """
 import os
 import socketserver
@@ -18,6 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 serial = 0
+idle_closed = 0
 lock = threading.Lock()
 
 
@@ -34,9 +36,22 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def log_error(self, format, *args):
+        # BaseHTTPRequestHandler says so when an idle connection times out.
+        global idle_closed
+        if "timed out" in format % args:
+            with lock:
+                idle_closed += 1
+
     def do_GET(self):
         if self.path == "/conn":
             body = str(self.conn_id).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/closed":
+            body = str(idle_closed).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
