@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 policy=${1:-round-robin}
 requests=${2:-20000}
 
-cargo build --release --quiet
+[ -n "${SWITCHYARD_BIN:-}" ] || cargo build --release --quiet
 . bench/lib.sh
 need heaptrack heaptrack_print nginx h2load curl
 start_backends

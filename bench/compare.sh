@@ -8,6 +8,9 @@
 #   bench/compare.sh                          # 3 rounds of 10 s: ~10 min
 #   bench/compare.sh --only nginx --no-sticky # fewer peers
 #   bench/compare.sh --workers 2 --no-pin     # both cores for each proxy
+#   bench/compare.sh --baseline OLD_BINARY    # also an older switchyard (Wasm
+#                                             # and native round-robin), same run
+#   SWITCHYARD_BIN=PATH bench/compare.sh      # measure this binary, build nothing
 #
 # Extra arguments go to bench/run.sh. Installs nginx, HAProxy, Caddy, wrk and
 # h2load from Debian if missing. Writes bench/results/<time>.{md,json} and,
@@ -15,20 +18,38 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
-bin="$PWD/target/release/switchyard"
+baseline=""
+args=()
+while (($#)); do
+    case "$1" in
+        --baseline) baseline=$(realpath "$2"); shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+set -- "${args[@]+"${args[@]}"}"
+
+if [[ -n "${SWITCHYARD_BIN:-}" ]]; then
+    bin=$(realpath "$SWITCHYARD_BIN")
+else
+    cargo build --release --quiet
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/release/switchyard"
+fi
 work=$(mktemp -d -t switchyard-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 targets=()
-for spec in "switchyard|round-robin|rr" "switchyard-weighted|weighted|rr" \
-            "switchyard-sticky|sticky-session|cookie" "switchyard-native|native:round-robin|rr"; do
-    IFS='|' read -r name policy lb <<<"$spec"
+specs=("switchyard|round-robin|rr|$bin" "switchyard-weighted|weighted|rr|$bin"
+       "switchyard-sticky|sticky-session|cookie|$bin" "switchyard-native|native:round-robin|rr|$bin")
+if [[ -n "$baseline" ]]; then
+    specs+=("baseline|round-robin|rr|$baseline" "baseline-native|native:round-robin|rr|$baseline")
+fi
+for spec in "${specs[@]}"; do
+    IFS='|' read -r name policy lb exe <<<"$spec"
     sed "s/POLICY/$policy/" bench/configs/switchyard.toml.tmpl > "$work/$name.toml.tmpl"
     # Warm the compiled-policy cache: `check` compiles and stores the policy.
     sed -e 's/{port}/0/; s/{h2port}/0/; s/{b[123]}/1/g' "$work/$name.toml.tmpl" > "$work/$name-check.toml"
-    "$bin" check --config "$work/$name-check.toml" >/dev/null
-    targets+=(--target "name=$name,lb=$lb,h2port=auto,conf=$work/$name.toml.tmpl,cmd=$bin run --config {config} --workers {workers}")
+    "$exe" check --config "$work/$name-check.toml" >/dev/null
+    targets+=(--target "name=$name,lb=$lb,h2port=auto,conf=$work/$name.toml.tmpl,cmd=$exe run --config {config} --workers {workers}")
 done
 
 bench/run.sh "${targets[@]}" "$@"

@@ -3,7 +3,7 @@
 # policy, nginx as the peer proxy, and the CPU split.
 # Source it; it sets $work, $bin, $port, $b1..$b3 and cleans up on exit.
 
-bin="$PWD/target/release/switchyard"
+bin="${SWITCHYARD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/switchyard}"
 work=$(mktemp -d -t switchyard-bench.XXXXXX)
 backends_pid=
 cleanup() {

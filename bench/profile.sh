@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 policy=${1:-round-robin}
 seconds=${SECONDS_PROFILED:-6}
 
-cargo build --release --quiet
+[ -n "${SWITCHYARD_BIN:-}" ] || cargo build --release --quiet
 . bench/lib.sh
 need perf wrk nginx curl taskset
 pin_cpus

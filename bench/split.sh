@@ -17,7 +17,7 @@ policy=${1:-round-robin}
 rounds=${ROUNDS:-3}
 seconds=${SECONDS_LOADED:-5}
 
-cargo build --release --quiet
+[ -n "${SWITCHYARD_BIN:-}" ] || cargo build --release --quiet
 . bench/lib.sh
 need wrk nginx nstat curl taskset
 pin_cpus
