@@ -185,10 +185,22 @@ fn at_the_listener_limit_idle_connections_make_room_and_busy_ones_are_waited_for
     // Busy connections are never closed: a new client waits for one to
     // finish.
     let mut busy1 = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    ask(&mut busy1, "/delay/1500");
+    ask(&mut busy1, "/delay/3000");
     let mut busy2 = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    ask(&mut busy2, "/delay/1500");
-    std::thread::sleep(Duration::from_millis(300));
+    ask(&mut busy2, "/delay/3000");
+    // Both requests are in the backend's hands: the connections are busy.
+    let delayed = || {
+        a.seen()
+            .iter()
+            .filter(|s| s.path.starts_with("/delay/"))
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || delayed() == 2),
+        "{:?}\n{}",
+        a.seen().iter().map(|s| s.path.clone()).collect::<Vec<_>>(),
+        proxy.log()
+    );
     let mut waiting = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     ask(&mut waiting, "/");
     assert!(

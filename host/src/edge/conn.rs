@@ -187,7 +187,11 @@ async fn watchdog(tracked: Arc<Tracked>, closer: Arc<Closer>, done: Arc<Notify>,
                 idle_now
             }
             raised = tracked.signal.wait(EVICT | SHUTDOWN) => {
-                raised & SHUTDOWN != 0 || client.active() == 0
+                let go = raised & SHUTDOWN != 0 || client.active() == 0;
+                if !go {
+                    tracked.signal.stay();
+                }
+                go
             }
         };
         if close {

@@ -126,6 +126,8 @@ where
                     // Nothing in flight: one GOAWAY naming the last stream.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                     going_away = Some(Instant::now() + Duration::from_secs(1));
+                } else {
+                    tracked.signal.stay();
                 }
             }
             pong = poll_fn(|cx| match ping.as_mut() {

@@ -28,7 +28,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
-use signal::{EVICT, SHUTDOWN, Signal, Tracked};
+use signal::{SHUTDOWN, Signal, Tracked};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -37,11 +37,12 @@ use crate::proxy::Proxy;
 use crate::proxy::client::ClientConn;
 use conn::Conn;
 
-/// Idle connections asked to close at once when a listener is full (as
-/// nginx's `ngx_drain_connections`).
+/// At most this many idle connections are asked to close at once when a
+/// listener is full; as nginx's `ngx_drain_connections`, an eighth of the
+/// idle ones, at least one.
 const EVICT_BATCH: usize = 32;
-/// How often a full listener with only busy connections looks again for
-/// one that has become idle.
+/// How often a full listener that is still waiting for a slot looks again
+/// for an idle connection to ask.
 const EVICT_RETRY: Duration = Duration::from_millis(50);
 
 /// Binds `addr`, naming it in the error.
@@ -76,22 +77,30 @@ impl Registry {
         conns.push(Arc::downgrade(t));
     }
 
-    /// Asks up to `n` idle connections, oldest first, to close; how many
-    /// were asked.
-    fn evict(&self, n: usize) -> usize {
+    /// Makes room: sees that an eighth of the idle connections (at least
+    /// one, at most [`EVICT_BATCH`]) are on their way out, asking the
+    /// oldest idle ones not yet asked. Those asked before and still
+    /// closing count, so a slow close does not cost a newer connection.
+    /// How many were asked now.
+    fn evict(&self) -> usize {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|w| w.strong_count() > 0);
-        let mut asked = 0;
+        let (mut idle, mut leaving) = (0, 0);
         for t in conns.iter().filter_map(Weak::upgrade) {
-            if asked == n {
-                break;
-            }
-            if t.client.active() == 0 {
-                t.signal.raise(EVICT);
-                asked += 1;
+            if t.signal.leaving() {
+                leaving += 1;
+            } else if t.client.active() == 0 {
+                idle += 1;
             }
         }
-        asked
+        let want = ((idle + leaving) / 8).clamp(1, EVICT_BATCH);
+        conns
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|t| t.client.active() == 0 && !t.signal.leaving())
+            .take(want.saturating_sub(leaving))
+            .filter(|t| t.signal.evict())
+            .count()
     }
 
     /// Tells every connection the proxy is shutting down.
@@ -343,7 +352,7 @@ async fn accept_loop(listener: TcpListener, a: Accepting, mut stop: watch::Recei
                 // Full: ask idle connections to make room for this one,
                 // then wait for a slot (the kernel queues the next clients
                 // meanwhile).
-                let mut asked = a.registry.evict(EVICT_BATCH);
+                let asked = a.registry.evict();
                 tracing::debug!(
                     "at max-connections ({}): {asked} idle connection(s) asked to close",
                     a.limits.load().max_connections
@@ -355,10 +364,10 @@ async fn accept_loop(listener: TcpListener, a: Accepting, mut stop: watch::Recei
                             Ok(p) => break p,
                             Err(_) => return,
                         },
-                        // Every connection was busy: look again as they
-                        // finish their requests.
-                        _ = tokio::time::sleep(EVICT_RETRY), if asked == 0 => {
-                            asked = a.registry.evict(EVICT_BATCH);
+                        // No slot yet: the busy connections may have
+                        // finished, or one asked took new work and stays.
+                        _ = tokio::time::sleep(EVICT_RETRY) => {
+                            a.registry.evict();
                         }
                     }
                 }

@@ -5,7 +5,7 @@
 //! task that polls its signals each time it wakes would pay per request.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::Poll;
 
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub const SHUTDOWN: u8 = 2;
 pub struct Signal {
     raised: AtomicU8,
     waker: AtomicWaker,
+    /// Asked to make room and not yet gone (nor kept by work).
+    leaving: AtomicBool,
 }
 
 impl Signal {
@@ -31,6 +33,27 @@ impl Signal {
     pub fn raise(&self, bits: u8) {
         self.raised.fetch_or(bits, Ordering::AcqRel);
         self.waker.wake();
+    }
+
+    /// Asks the connection to make room ([`EVICT`]) unless it was asked
+    /// already and has not answered; whether it was asked now.
+    pub fn evict(&self) -> bool {
+        if self.leaving.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.raise(EVICT);
+        true
+    }
+
+    /// Whether the connection was asked to make room and has not answered.
+    pub fn leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
+    /// The connection had work when asked to make room and stays: it can
+    /// be asked again once idle.
+    pub fn stay(&self) {
+        self.leaving.store(false, Ordering::Release);
     }
 
     /// Resolves with the bits of `mask` raised since they were last taken,
