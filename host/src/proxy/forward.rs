@@ -135,7 +135,16 @@ pub async fn forward(
     while let Some(choice) = upstream.choose(&**policy, &mut view, &tried) {
         let index = choice.backend;
         let attempt_no = tried.len() as u32 + 1;
-        let failed = match attempt(upstream, &upstream.backends[index], view.parts, body).await {
+        // Boxed: the attempt's state (connection wait, send, timers) is
+        // most of a request's future, which is moved whole when a task is
+        // spawned for it.
+        let sending = Box::pin(attempt(
+            upstream,
+            &upstream.backends[index],
+            view.parts,
+            body,
+        ));
+        let failed = match sending.await {
             Ok(a) => {
                 return answered(
                     upstream,
