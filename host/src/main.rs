@@ -87,6 +87,21 @@ enum PolicyCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// State the limits a policy component needs (used when the config
+    /// sets none, up to policy-memory-max / policy-timeout-max).
+    Limits {
+        /// The component, changed in place unless --output is given.
+        file: PathBuf,
+        /// Linear memory, e.g. 64MiB.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Time per call, e.g. 5ms.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Where to write the component (default: FILE itself).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Write the policy contract's WIT files into DIR.
     Wit {
         /// Where to write them.
@@ -155,20 +170,32 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => check(&config),
         Command::Demo { policy, listen } => {
+            let looks_like_file =
+                policy.contains('/') || policy.contains('\\') || policy.ends_with(".wasm");
+            if looks_like_file && !std::path::Path::new(&policy).is_file() {
+                anyhow::bail!("demo --policy {policy}: no such file");
+            }
+            if !looks_like_file && !policy.starts_with("native:") && builtin::get(&policy).is_none()
+            {
+                anyhow::bail!(
+                    "demo --policy {policy}: not a built-in policy (built-in: {}) nor a path to a .wasm file",
+                    builtin::NAMES.join(", ")
+                );
+            }
             let workers = worker_count(None);
             let app = App::new(workers)?;
             tokio_runtime(workers)?.block_on(async move {
                 let mut backends = Vec::new();
-                for i in 1..=3 {
-                    let name = format!("backend-{i}");
-                    let addr = demo::start_backend(&name).await?;
-                    backends.push((name, addr));
+                for (name, weight) in demo::BACKENDS {
+                    let addr = demo::start_backend(name, weight).await?;
+                    backends.push((name.to_string(), addr, weight));
                 }
                 let text = demo::config_text(listen, &policy, &backends);
                 let config = Config::parse(&demo::config_path(), &text)?;
-                let built = runtime::first(&app, config)?;
-                for (name, addr) in &backends {
-                    tracing::info!("demo backend {name} on http://{addr}");
+                let built = runtime::first(&app, config)
+                    .map_err(|e| anyhow::anyhow!("demo --policy {policy}: {e}"))?;
+                for (name, addr, weight) in &backends {
+                    tracing::info!("demo backend {name} (weight {weight}) on http://{addr}");
                 }
                 tracing::info!("demo: try `curl http://{listen}/` a few times (policy: {policy})");
                 serve::serve(Arc::new(app), built, false).await
@@ -218,6 +245,45 @@ fn policy(action: PolicyCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", output.display()))?;
             println!("{}: {} bytes", output.display(), component.len());
         }
+        PolicyCommand::Limits {
+            file,
+            memory,
+            timeout,
+            output,
+        } => {
+            let memory = memory
+                .map(|m| {
+                    m.parse::<bytesize::ByteSize>()
+                        .map(|b| b.as_u64())
+                        .map_err(|e| anyhow::anyhow!("--memory {m:?}: {e}"))
+                })
+                .transpose()?;
+            let timeout = timeout
+                .map(|t| {
+                    humantime::parse_duration(&t)
+                        .map_err(|e| anyhow::anyhow!("--timeout {t:?}: {e}"))
+                })
+                .transpose()?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // What is not given stays as the component stated it.
+            let before = switchyard::policy::Requested::of(&bytes);
+            let memory = memory.or(before.memory);
+            let timeout = timeout.or(before.timeout);
+            let out = authoring::set_limits(&bytes, memory, timeout)
+                .with_context(|| format!("{}", file.display()))?;
+            let target = output.unwrap_or(file);
+            std::fs::write(&target, &out)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+            let mut stated = Vec::new();
+            if let Some(m) = memory {
+                stated.push(format!("memory {}", bytesize::ByteSize(m).display().iec()));
+            }
+            if let Some(t) = timeout {
+                stated.push(format!("timeout {t:?}"));
+            }
+            println!("{}: states {}", target.display(), stated.join(", "));
+        }
         PolicyCommand::Wit { dir } => authoring::write_wit(&dir)?,
         PolicyCommand::Bindings { lang, dir } => {
             if lang != "c" {
@@ -242,12 +308,22 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     match runtime::build(config, &app, 1) {
         Ok(built) => {
             for up in &built.runtime.upstreams {
+                let status = up.policy().status();
                 println!(
                     "upstream {}: policy {}, {} backend(s)",
                     up.name,
                     up.policy().name(),
                     up.backends.len()
                 );
+                if status.memory.0 > 0 {
+                    println!(
+                        "  limits: memory {} ({}), timeout {:?} ({})",
+                        bytesize::ByteSize(status.memory.0).display().iec(),
+                        status.memory.1.describe(),
+                        status.timeout.0,
+                        status.timeout.1.describe()
+                    );
+                }
             }
             println!("{}: configuration is valid", file.display());
             Ok(ExitCode::SUCCESS)

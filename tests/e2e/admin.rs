@@ -28,6 +28,10 @@ fn status_shows_the_config_policies_and_backends() {
             .starts_with("sha256:")
     );
     assert!(up["policy"]["loaded_at"].as_str().unwrap().ends_with('Z'));
+    let limits = &up["policy"]["limits"];
+    assert_eq!(limits["memory_bytes"], 4 << 20, "{s}");
+    assert_eq!(limits["memory_from"], "the default");
+    assert_eq!(limits["timeout_us"], 1000);
     assert_eq!(up["backends"][0]["name"], "a");
     assert_eq!(up["backends"][0]["address"], a.addr.to_string());
     assert_eq!(up["backends"][0]["healthy"], true);

@@ -64,19 +64,33 @@ backends = [{}]
     )
 }
 
-fn check(config: &str) {
+/// `canary_config` as a user writes it for a generated policy: the path
+/// and the backends, no limits (the component states its own).
+fn only_path_config(policy: &Path, backends: &[&Backend]) -> String {
+    let config = canary_config(policy, backends, "");
+    let trimmed: Vec<&str> = config
+        .lines()
+        .filter(|l| !l.starts_with("policy-memory") && !l.starts_with("policy-timeout"))
+        .filter(|l| !l.starts_with("# Interpreted") && !l.starts_with("# generous"))
+        .collect();
+    trimmed.join("\n")
+}
+
+/// Runs `switchyard check` on `config`; returns what it printed.
+fn check(config: &str) -> String {
     let dir = TempDir::new("lang-check");
     let path = dir.write(
         "switchyard.toml",
         config.replace("{port}", "0").replace("{admin}", "0"),
     );
     let out = check_config(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "check failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "check failed:\n{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
 }
 
 /// 12 canary requests and 12 others: all canary ones to the canary, the
@@ -130,7 +144,7 @@ fn language(lang: &str) {
             template("js")
                 .join("node_modules/@bytecodealliance/componentize-js")
                 .is_dir(),
-            "npm install in plugins/examples/js first (.ci/run does)"
+            "no node_modules in plugins/examples/js: run ./test.sh, which runs npm ci there"
         ),
         _ => {}
     }
@@ -195,6 +209,11 @@ fn policy_new_output_builds_and_checks_unchanged() {
         }
         let mut cmd = tool("bash");
         cmd.arg(project.join("build.sh")).env("SWITCHYARD", BIN);
+        if lang == "wat" {
+            // No switchyard on PATH nor in $SWITCHYARD: build.sh uses the
+            // one that wrote the project.
+            cmd.env_remove("SWITCHYARD").env("PATH", "/usr/bin:/bin");
+        }
         if lang == "rust" {
             // Share compiled dependencies with the template's build.
             cmd.env("CARGO_TARGET_DIR", template("rust").join("target"));
@@ -206,12 +225,18 @@ fn policy_new_output_builds_and_checks_unchanged() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // The config names only the policy's path: an interpreted policy
+        // runs under the limits its build.sh stated.
         let (s1, c1, s2) = backends();
-        check(&canary_config(
-            &project.join("policy.wasm"),
-            &[&s1, &c1, &s2],
-            "",
-        ));
+        let config = only_path_config(&project.join("policy.wasm"), &[&s1, &c1, &s2]);
+        let said = check(&config);
+        if lang == "python" || lang == "js" {
+            assert!(
+                said.contains("limits: memory 64.0 MiB (asked for by the policy), timeout 10ms (asked for by the policy)"),
+                "{lang}: {said}"
+            );
+            assert_canary_split(&Proxy::start(&config));
+        }
     }
 }
 
@@ -386,7 +411,11 @@ fn variant(lang: &str, file: &str, from: &str, to: &str) -> (TempDir, PathBuf) {
 /// counted.
 fn forbidden_is_contained(wasm: &Path, header: &str) -> Proxy {
     let (s1, c1, s2) = backends();
-    let proxy = Proxy::start(&canary_config(wasm, &[&s1, &c1, &s2], ""));
+    // A deadline no busy machine reaches: the failures counted below are
+    // the forbidden call failing, never the clock.
+    let config = canary_config(wasm, &[&s1, &c1, &s2], "")
+        .replace("policy-timeout = \"100ms\"", "policy-timeout = \"2s\"");
+    let proxy = Proxy::start(&config);
     let agent = client();
     for _ in 0..3 {
         let r = get_with(&agent, &proxy.url("/"), &[(header, "1")]);

@@ -24,6 +24,10 @@ pub const WIT: &[(&str, &str)] = &[
     ("world.wit", include_str!("../../wit/world.wit")),
 ];
 
+/// Stands in a template's build.sh for the path of the switchyard that
+/// writes the project.
+const SELF_PLACEHOLDER: &str = "@SWITCHYARD@";
+
 /// A template file: path in the new project, contents.
 type File = (&'static str, &'static str);
 
@@ -33,6 +37,12 @@ const COMMON: &[File] = &[(
 )];
 
 const RUST: &[File] = &[
+    // The toolchain the README names (and the proxy is built with), with
+    // the wasm target, so a user's rustup installs both.
+    (
+        "rust-toolchain.toml",
+        include_str!("../../rust-toolchain.toml"),
+    ),
     (
         "Cargo.toml",
         include_str!("../../plugins/examples/rust/Cargo.toml"),
@@ -186,6 +196,11 @@ pub fn new_policy(lang: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             }
         })
         .collect();
+    // Where this switchyard is: the project's build.sh falls back on it
+    // when none is on PATH.
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "switchyard".into());
     let mut made = Vec::new();
     for (path, text) in COMMON.iter().chain(files) {
         let text = match *path {
@@ -199,7 +214,9 @@ pub fn new_policy(lang: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             // The SDK's bindings find the WIT beside the project.
             "sdk/src/lib.rs" => text.replace("path: \"../../wit\"", "path: \"../wit\""),
             "sdk/Cargo.toml" => sdk_manifest(text),
-            "build.sh" => text.replace("canary_policy", &crate_name.replace('-', "_")),
+            "build.sh" => text
+                .replace("canary_policy", &crate_name.replace('-', "_"))
+                .replace(SELF_PLACEHOLDER, &me),
             _ => text.to_string(),
         };
         let target = dir.join(path);
@@ -298,6 +315,39 @@ fn imports_wasi_preview1(module: &[u8]) -> bool {
                 .any(|i| i.module == "wasi_snapshot_preview1"),
             _ => false,
         })
+}
+
+/// The custom section a component states its limits in, read by the
+/// proxy at load (`switchyard::policy::Requested`): `memory=BYTES` and
+/// `timeout_us=MICROSECONDS` lines; the last such section counts.
+pub const LIMITS_SECTION: &str = "switchyard-limits";
+
+/// `component` with its limits stated: a `switchyard-limits` section
+/// appended, which the proxy reads instead of any earlier one. `None`
+/// states nothing for that limit.
+pub fn set_limits(
+    component: &[u8],
+    memory: Option<u64>,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<Vec<u8>> {
+    if component.len() < 8 || component[..4] != *b"\0asm" || component[4..8] == [1, 0, 0, 0] {
+        bail!("not a WebAssembly component");
+    }
+    let mut text = String::new();
+    if let Some(m) = memory {
+        text.push_str(&format!("memory={m}\n"));
+    }
+    if let Some(t) = timeout {
+        text.push_str(&format!("timeout_us={}\n", t.as_micros()));
+    }
+    let mut out = component.to_vec();
+    use wasm_encoder::ComponentSection;
+    wasm_encoder::CustomSection {
+        name: LIMITS_SECTION.into(),
+        data: text.into_bytes().into(),
+    }
+    .append_to_component(&mut out);
+    Ok(out)
 }
 
 /// Writes C bindings (`policy.h`, `policy.c`, `policy_component_type.o`)

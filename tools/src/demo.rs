@@ -18,9 +18,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+/// The demo's backends: names and weights (3:2:1, so `--policy weighted`
+/// looks different from round-robin).
+pub const BACKENDS: [(&str, u32); 3] = [("backend-1", 3), ("backend-2", 2), ("backend-3", 1)];
+
 /// Starts a backend on an ephemeral loopback port that answers
-/// `Hello from NAME (ADDR): METHOD PATH`. Returns its address.
-pub async fn start_backend(name: &str) -> std::io::Result<SocketAddr> {
+/// `Hello from NAME (ADDR, weight W): METHOD PATH`. Returns its address.
+pub async fn start_backend(name: &str, weight: u32) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let name = name.to_string();
@@ -32,7 +36,7 @@ pub async fn start_backend(name: &str) -> std::io::Result<SocketAddr> {
             let name = name.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let text = format!(
-                    "Hello from {name} ({addr}): {} {}\n",
+                    "Hello from {name} ({addr}, weight {weight}): {} {}\n",
                     req.method(),
                     req.uri().path()
                 );
@@ -55,16 +59,20 @@ pub async fn start_backend(name: &str) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The demo's configuration text: one upstream of the given backends with
-/// `policy`, listening on `listen`.
-pub fn config_text(listen: SocketAddr, policy: &str, backends: &[(String, SocketAddr)]) -> String {
+/// The demo's configuration text: one upstream of the given backends
+/// (name, address, weight) with `policy`, listening on `listen`.
+pub fn config_text(
+    listen: SocketAddr,
+    policy: &str,
+    backends: &[(String, SocketAddr, u32)],
+) -> String {
     let mut out = format!(
         "[server]\nlisten = \"{listen}\"\n\n[upstreams.demo]\npolicy = {}\nbackends = [\n",
         toml_string(policy)
     );
-    for (name, addr) in backends {
+    for (name, addr, weight) in backends {
         out.push_str(&format!(
-            "  {{ name = \"{name}\", address = \"{addr}\" }},\n"
+            "  {{ name = \"{name}\", address = \"{addr}\", weight = {weight} }},\n"
         ));
     }
     out.push_str("]\n\n[[routes]]\npath-prefix = \"/\"\nupstream = \"demo\"\n");
@@ -89,8 +97,8 @@ mod tests {
     #[test]
     fn the_demo_config_quotes_paths() {
         let backends = vec![
-            ("backend-1".to_string(), "127.0.0.1:1".parse().unwrap()),
-            ("backend-2".to_string(), "127.0.0.1:2".parse().unwrap()),
+            ("backend-1".to_string(), "127.0.0.1:1".parse().unwrap(), 3),
+            ("backend-2".to_string(), "127.0.0.1:2".parse().unwrap(), 1),
         ];
         let text = config_text(
             "127.0.0.1:8080".parse().unwrap(),
@@ -101,5 +109,6 @@ mod tests {
         let app = &doc["upstreams"]["demo"];
         assert_eq!(app["policy"].as_str(), Some("./my \"odd\".wasm"));
         assert_eq!(app["backends"].as_array().unwrap().len(), 2);
+        assert_eq!(app["backends"][0]["weight"].as_integer(), Some(3));
     }
 }

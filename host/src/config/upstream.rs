@@ -47,6 +47,10 @@ pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_POLICY_TIMEOUT: Duration = Duration::from_millis(1);
 /// Linear memory one policy instance may use.
 pub const DEFAULT_POLICY_MEMORY: u64 = 4 * 1024 * 1024;
+/// The most memory a component may ask for in its `switchyard-limits`.
+pub const DEFAULT_POLICY_MEMORY_MAX: u64 = 256 * 1024 * 1024;
+/// The longest timeout a component may ask for in its `switchyard-limits`.
+pub const DEFAULT_POLICY_TIMEOUT_MAX: Duration = Duration::from_millis(50);
 /// Consecutive failures after which a policy is reported unhealthy.
 pub const DEFAULT_POLICY_MAX_FAILURES: u32 = 5;
 
@@ -118,13 +122,22 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
 }
 
-/// Limits on a policy's instances.
+/// Limits on a policy's instances. A limit the config does not set is
+/// taken from what the component states it needs, up to the maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxConfig {
     /// Longest a call into the policy may run (epoch deadline).
     pub timeout: Duration,
+    /// `policy-timeout` was written in the config.
+    pub timeout_set: bool,
+    /// The most a component may ask for as its timeout.
+    pub timeout_max: Duration,
     /// Most linear memory one instance may have, in bytes.
     pub memory: u64,
+    /// `policy-memory` was written in the config.
+    pub memory_set: bool,
+    /// The most a component may ask for as its memory.
+    pub memory_max: u64,
     /// Consecutive failures that mark the policy unhealthy.
     pub max_failures: u32,
 }
@@ -133,7 +146,11 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             timeout: DEFAULT_POLICY_TIMEOUT,
+            timeout_set: false,
+            timeout_max: DEFAULT_POLICY_TIMEOUT_MAX,
             memory: DEFAULT_POLICY_MEMORY,
+            memory_set: false,
+            memory_max: DEFAULT_POLICY_MEMORY_MAX,
             max_failures: DEFAULT_POLICY_MAX_FAILURES,
         }
     }
@@ -331,48 +348,60 @@ impl FileUpstream {
     }
 
     fn sandbox(&self, c: &mut Checker<'_>, key: &str) -> SandboxConfig {
-        let timeout = match duration(
-            c.loc(),
-            &format!("{key}.policy-timeout"),
-            &self.policy_timeout,
-            DEFAULT_POLICY_TIMEOUT,
-            true,
-        ) {
-            Ok(t) if t <= Duration::from_secs(10) => t,
-            Ok(_) => {
-                if let Some(s) = &self.policy_timeout {
-                    c.push(
-                        c.loc()
-                            .error(s, format!("{key}.policy-timeout: at most 10s")),
-                    );
+        let timeout = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<String>>, d: Duration| {
+            let r = duration(c.loc(), &format!("{key}.{k}"), v, d, true);
+            match (c.or(r, d), v) {
+                (t, Some(s)) if t > Duration::from_secs(10) => {
+                    c.push(c.loc().error(s, format!("{key}.{k}: at most 10s")));
+                    d
                 }
-                DEFAULT_POLICY_TIMEOUT
-            }
-            Err(e) => {
-                c.push(e);
-                DEFAULT_POLICY_TIMEOUT
+                (t, _) => t,
             }
         };
-        let memory = match &self.policy_memory {
-            None => DEFAULT_POLICY_MEMORY,
-            Some(m) => match size(c.loc(), &format!("{key}.policy-memory"), m) {
+        let memory = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<String>>, d: u64| {
+            let Some(m) = v else { return d };
+            match size(c.loc(), &format!("{key}.{k}"), m) {
                 Ok(bytes) if bytes >= 64 * 1024 => bytes,
                 Ok(_) => {
-                    c.push(c.loc().error(
-                        m,
-                        format!("{key}.policy-memory: at least 64KiB (one Wasm page)"),
-                    ));
-                    DEFAULT_POLICY_MEMORY
+                    c.push(
+                        c.loc()
+                            .error(m, format!("{key}.{k}: at least 64KiB (one Wasm page)")),
+                    );
+                    d
                 }
                 Err(e) => {
                     c.push(e);
-                    DEFAULT_POLICY_MEMORY
+                    d
                 }
-            },
+            }
         };
         SandboxConfig {
-            timeout,
-            memory,
+            timeout: timeout(
+                c,
+                "policy-timeout",
+                &self.policy_timeout,
+                DEFAULT_POLICY_TIMEOUT,
+            ),
+            timeout_set: self.policy_timeout.is_some(),
+            timeout_max: timeout(
+                c,
+                "policy-timeout-max",
+                &self.policy_timeout_max,
+                DEFAULT_POLICY_TIMEOUT_MAX,
+            ),
+            memory: memory(
+                c,
+                "policy-memory",
+                &self.policy_memory,
+                DEFAULT_POLICY_MEMORY,
+            ),
+            memory_set: self.policy_memory.is_some(),
+            memory_max: memory(
+                c,
+                "policy-memory-max",
+                &self.policy_memory_max,
+                DEFAULT_POLICY_MEMORY_MAX,
+            ),
             max_failures: at_least_one(
                 c,
                 &format!("{key}.policy-max-failures"),

@@ -300,6 +300,22 @@ pub struct PolicyInfo {
     pub healthy: bool,
     /// Failures since its last success.
     pub consecutive_failures: u32,
+    /// The limits it runs under (absent for the native fallback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsInfo>,
+}
+
+/// A policy's limits in `/status`, each with where it came from.
+#[derive(Debug, Serialize)]
+pub struct LimitsInfo {
+    /// Linear memory, bytes.
+    pub memory_bytes: u64,
+    /// Where the memory limit came from (as `switchyard check` says it).
+    pub memory_from: &'static str,
+    /// Deadline per call, µs.
+    pub timeout_us: u64,
+    /// Where the deadline came from.
+    pub timeout_from: &'static str,
 }
 
 /// A backend in `/status`.
@@ -344,6 +360,12 @@ pub fn status(runtime: &Runtime) -> Status {
                         loaded_at: rfc3339(p.loaded_at),
                         healthy: p.healthy,
                         consecutive_failures: p.consecutive_failures,
+                        limits: (p.memory.0 > 0).then(|| LimitsInfo {
+                            memory_bytes: p.memory.0,
+                            memory_from: p.memory.1.describe(),
+                            timeout_us: p.timeout.0.as_micros() as u64,
+                            timeout_from: p.timeout.1.describe(),
+                        }),
                     },
                     backends: u
                         .backends

@@ -179,6 +179,10 @@ pub struct PolicyStatus {
     pub healthy: bool,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// The memory limit in force, and where it came from.
+    pub memory: (u64, super::limits::Source),
+    /// The time limit in force, and where it came from.
+    pub timeout: (std::time::Duration, super::limits::Source),
 }
 
 /// A backend selection policy as the proxy uses it.

@@ -25,6 +25,7 @@ use super::api::{LoadError, describe};
 use super::bindings::{PolicyWorld, PolicyWorldPre};
 use super::builtin;
 use super::host_impl::HostState;
+use super::limits::Requested;
 use super::sandbox::Ticker;
 use crate::config::PolicySource;
 
@@ -73,6 +74,8 @@ pub struct Compiled {
     pub digest: String,
     /// Whether it imports WASI (interpreted guests do).
     pub wasi: bool,
+    /// The limits it states it needs.
+    pub requested: Requested,
     pub(crate) pre: PolicyWorldPre<HostState>,
 }
 
@@ -171,6 +174,7 @@ impl PolicyEngine {
             size: bytes.len(),
             digest: hex(&digest),
             wasi,
+            requested: Requested::of(bytes),
             pre,
         };
         if let Some((pre, wasi)) = self.cached(&digest) {

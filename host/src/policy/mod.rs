@@ -13,6 +13,7 @@ pub mod builtin;
 mod engine;
 mod health;
 mod host_impl;
+mod limits;
 mod native;
 mod plugin;
 mod sandbox;
@@ -26,6 +27,7 @@ pub use api::{
 pub use engine::{Compiled, EngineOptions, PolicyEngine};
 pub use health::{PROBE_INTERVAL, WINDOW};
 pub use host_impl::{find_cookie, monotonic_ns, request_host};
+pub use limits::{Requested, SECTION as LIMITS_SECTION, Source as LimitSource};
 pub use native::RoundRobin;
 pub use plugin::WasmPolicy;
 pub use sandbox::TICK;

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::api::{BackendState, Decision, Policy, PolicyFailure, PolicyStatus, RequestView};
+use super::limits::Source;
 
 /// Native round-robin over healthy backends: the fallback when a policy
 /// fails, and a baseline for benchmarks.
@@ -58,6 +59,8 @@ impl Policy for RoundRobin {
             loaded_at: std::time::UNIX_EPOCH,
             healthy: true,
             consecutive_failures: 0,
+            memory: (0, Source::Default),
+            timeout: (std::time::Duration::ZERO, Source::Default),
         }
     }
 }

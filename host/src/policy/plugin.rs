@@ -31,6 +31,7 @@ use super::bindings::{PolicyWorld, types};
 use super::engine::{Compiled, PolicyEngine};
 use super::health::{Health, Record};
 use super::host_impl::{HostState, LogLimiter, monotonic_ns};
+use super::limits::{self, Effective, effective};
 use super::sandbox::{Ticker, deadline_ticks};
 use super::shared::SharedState;
 use crate::config::{SandboxConfig, UpstreamConfig};
@@ -41,7 +42,7 @@ use crate::config::{SandboxConfig, UpstreamConfig};
 const FIRST_LOAD_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Spare instances kept ready once every worker thread has one.
-const SPARES: usize = 2;
+const SPARES: usize = 1;
 
 /// After a failed background instantiation, wait this long before the next.
 const REFILL_BACKOFF: Duration = Duration::from_millis(250);
@@ -59,6 +60,7 @@ struct Inner {
     config: Vec<(String, String)>,
     backends: Vec<types::Backend>,
     sandbox: SandboxConfig,
+    limits: Effective,
     ticker: Option<Ticker>,
     call_ticks: u64,
     loaded_at: SystemTime,
@@ -103,7 +105,9 @@ impl WasmPolicy {
         workers: usize,
     ) -> Result<WasmPolicy, LoadError> {
         let name = compiled.source.to_string();
-        let sandbox = upstream.sandbox;
+        let interpreted = limits::interpreted(compiled.wasi, compiled.size);
+        let limits = effective(upstream.sandbox, compiled.requested, interpreted);
+        let sandbox = limits.sandbox;
         let label: Arc<str> = format!("{}/{name}", upstream.name).into();
         let inner = Arc::new(Inner {
             logs: Arc::new(LogLimiter::new(label.clone())),
@@ -122,6 +126,7 @@ impl WasmPolicy {
                 })
                 .collect(),
             sandbox,
+            limits,
             ticker: engine.ticker().cloned(),
             call_ticks: deadline_ticks(sandbox.timeout),
             loaded_at: SystemTime::now(),
@@ -179,6 +184,8 @@ impl Inner {
             loaded_at: self.loaded_at,
             healthy: self.health.healthy(),
             consecutive_failures: self.health.consecutive(),
+            memory: (self.sandbox.memory, self.limits.memory_from),
+            timeout: (self.sandbox.timeout, self.limits.timeout_from),
         }
     }
 

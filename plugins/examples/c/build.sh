@@ -4,7 +4,13 @@
 # Only malloc/free come from wasi-libc, so the component imports no WASI.
 set -euo pipefail
 cd "$(dirname "$0")"
-switchyard=${SWITCHYARD:-switchyard}
+# The switchyard to use: $SWITCHYARD, else the one on PATH, else the one
+# that wrote this project (`switchyard policy new` puts its path here).
+switchyard=${SWITCHYARD:-$(command -v switchyard || echo "@SWITCHYARD@")}
+[ -x "$switchyard" ] || {
+    echo "switchyard not found: install it ('cargo install --path host' in the Switchyard repository) or set SWITCHYARD=/path/to/switchyard" >&2
+    exit 1
+}
 cc=${CC:-clang-16}
 "$switchyard" policy bindings --lang c gen
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wl,--strip-all -Igen \

@@ -4,11 +4,20 @@
 # cache).
 set -euo pipefail
 cd "$(dirname "$0")"
-switchyard=${SWITCHYARD:-switchyard}
+# The switchyard to use: $SWITCHYARD, else the one on PATH, else the one
+# that wrote this project (`switchyard policy new` puts its path here).
+switchyard=${SWITCHYARD:-$(command -v switchyard || echo "@SWITCHYARD@")}
+[ -x "$switchyard" ] || {
+    echo "switchyard not found: install it ('cargo install --path host' in the Switchyard repository) or set SWITCHYARD=/path/to/switchyard" >&2
+    exit 1
+}
 [ -d wit ] || "$switchyard" policy wit wit
 [ -d node_modules/@bytecodealliance/componentize-js ] || {
     echo "run 'npm install' here first" >&2
     exit 1
 }
 node build.mjs
+# SpiderMonkey needs more than the proxy's defaults (4 MiB, 1 ms): say so
+# in the component, so a config need not.
+"$switchyard" policy limits policy.wasm --memory 64MiB --timeout 10ms
 echo "built $(pwd)/policy.wasm"

@@ -4,6 +4,12 @@
 # component (about 1 KB).
 set -euo pipefail
 cd "$(dirname "$0")"
-switchyard=${SWITCHYARD:-switchyard}
+# The switchyard to use: $SWITCHYARD, else the one on PATH, else the one
+# that wrote this project (`switchyard policy new` puts its path here).
+switchyard=${SWITCHYARD:-$(command -v switchyard || echo "@SWITCHYARD@")}
+[ -x "$switchyard" ] || {
+    echo "switchyard not found: install it ('cargo install --path host' in the Switchyard repository) or set SWITCHYARD=/path/to/switchyard" >&2
+    exit 1
+}
 "$switchyard" policy componentize policy.wat -o policy.wasm
 echo "built $(pwd)/policy.wasm"
