@@ -1,8 +1,10 @@
 //! Write a Switchyard load-balancing policy in Rust.
 //!
-//! A policy is a WebAssembly component that the proxy calls once per request
-//! to choose a backend (see `wit/` at the top of the repository for the
-//! contract). This crate hides the generated bindings: implement [`Policy`]
+//! A policy is a WebAssembly component that the proxy calls once per
+//! attempt to choose a backend (a retry calls it again, with the backends
+//! already tried marked unhealthy). `wit/` at the top of the repository is
+//! the complete contract; its `world.wit` says what the limits are and
+//! what a failure does. This crate hides the generated bindings: implement [`Policy`]
 //! for a type and name it in [`export_policy!`].
 //!
 //! ```ignore
@@ -53,7 +55,21 @@
 //! reload); each new instance gets its own [`Policy::configure`]. Keep in
 //! `self` only what `configure` can rebuild; put what must be shared or
 //! survive in a [`Counter`] or the key-value store, which the proxy keeps
-//! per upstream group.
+//! per upstream group, in memory: nothing survives a restart of the proxy
+//! or crosses to another proxy process. `configure` must be deterministic
+//! (every instance must agree), and a dry run before a policy goes into
+//! service calls it and `select` on a copy of the counters and an empty
+//! key-value store, whose writes are thrown away.
+//!
+//! # Limits and failure
+//!
+//! Each call runs under a deadline (default 1 ms) and each instance under a
+//! memory cap (default 4 MiB); a config or the component itself
+//! (`switchyard policy limits`) may ask for more. A policy cannot fail a
+//! request: an `Err`, a trap, a timeout or an unhealthy or out-of-range
+//! answer sends the request through the proxy's round-robin fallback and
+//! is counted; after repeated failures the policy is skipped, with probes,
+//! until it succeeds again.
 
 #![warn(missing_docs)]
 
