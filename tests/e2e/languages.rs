@@ -417,7 +417,12 @@ fn forbidden_is_contained(wasm: &Path, header: &str) -> Proxy {
         .replace("policy-timeout = \"100ms\"", "policy-timeout = \"2s\"");
     let proxy = Proxy::start(&config);
     let agent = client();
+    // Serving the canary: an instance of the policy is ready (a trapped
+    // one is replaced in the background; meanwhile the fallback serves).
+    let canary = || get_with(&agent, &proxy.url("/"), &[("x-canary", "1")]).body;
+    let ready = || wait_for(Duration::from_secs(20), || canary() == "canary-1");
     for _ in 0..3 {
+        assert!(ready(), "{}", proxy.log());
         let r = get_with(&agent, &proxy.url("/"), &[(header, "1")]);
         assert_eq!(r.status, 200, "{}", proxy.log());
     }
@@ -431,10 +436,10 @@ fn forbidden_is_contained(wasm: &Path, header: &str) -> Proxy {
         .sum();
     assert_eq!(failures, 3.0, "{}", proxy.metrics());
     // Without the header the policy still works.
-    assert_eq!(
-        get_with(&agent, &proxy.url("/"), &[("x-canary", "1")]).body,
-        "canary-1"
-    );
+    assert!(ready(), "{}", proxy.log());
+    for _ in 0..5 {
+        assert_eq!(canary(), "canary-1", "{}", proxy.log());
+    }
     proxy
 }
 
