@@ -5,9 +5,10 @@
 //! `cargo bench -p switchyard --bench decision`
 //!
 //! Groups:
-//! - `decision`: the three built-in policies and the native round-robin,
-//!   each for 3 and 16 backends, as the proxy runs them (deadline armed,
-//!   memory limiter on). `sticky-session` is measured with a valid cookie
+//! - `decision`: the three built-in policies (contract 0.2, and as they
+//!   shipped for 0.1: `NAME@0.1`, from `tests/fixtures/v0.1/`) and the
+//!   native round-robin, each for 3 and 16 backends, as the proxy runs them
+//!   (deadline armed, memory limiter on). `sticky-session` is measured with a valid cookie
 //!   (one `cookie()` read and a lookup) and without one (a weighted pick and
 //!   a `Set-Cookie`).
 //! - `deadline`: the same decision with the epoch-deadline machinery on and
@@ -52,6 +53,8 @@ fn states(n: usize) -> Vec<BackendState> {
             healthy: true,
             in_flight: i as u32,
             latency_ewma_us: 250,
+            healthy_since_ns: 1,
+            consecutive_failures: 0,
         })
         .collect()
 }
@@ -70,13 +73,25 @@ fn request(cookie: Option<&str>) -> RequestView {
         parts: b.body(()).unwrap().into_parts().0,
         client_ip: IpAddr::from([203, 0, 113, 7]),
         https: false,
+        attempt: 1,
     }
 }
 
+/// Where the built-ins are as they shipped with contract 0.1.
+fn v01(name: &str) -> PolicySource {
+    PolicySource::File(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/v0.1")
+            .join(format!("{name}.wasm")),
+    )
+}
+
 fn load(engine: &PolicyEngine, name: &str, n: usize) -> WasmPolicy {
-    let compiled = engine
-        .compile(&PolicySource::Builtin(name.to_string()))
-        .expect("built-in compiles");
+    load_from(engine, PolicySource::Builtin(name.to_string()), name, n)
+}
+
+fn load_from(engine: &PolicyEngine, source: PolicySource, name: &str, n: usize) -> WasmPolicy {
+    let compiled = engine.compile(&source).expect("the policy compiles");
     WasmPolicy::load(
         engine,
         compiled,
@@ -101,26 +116,40 @@ fn decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision");
     for n in [3usize, 16] {
         let st = states(n);
-        for name in ["round-robin", "weighted"] {
-            let policy = load(&engine, name, n);
-            let mut req = request(None);
-            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| black_box(decide(&policy, &mut req, black_box(&st))))
-            });
+        // The built-ins now (contract 0.2) and as they shipped for 0.1.
+        for (contract, source) in [("", None), ("@0.1", Some(v01 as fn(&str) -> PolicySource))] {
+            for name in ["round-robin", "weighted"] {
+                let policy = match source {
+                    None => load(&engine, name, n),
+                    Some(f) => load_from(&engine, f(name), name, n),
+                };
+                let mut req = request(None);
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{name}{contract}"), n),
+                    &n,
+                    |b, _| b.iter(|| black_box(decide(&policy, &mut req, black_box(&st)))),
+                );
+            }
+            let sticky = match source {
+                None => load(&engine, "sticky-session", n),
+                Some(f) => load_from(&engine, f("sticky-session"), "sticky-session", n),
+            };
+            let mut fresh = request(None);
+            let first = sticky.select(&mut fresh, &st).unwrap();
+            let cookie = first.set_cookie.unwrap();
+            let pair = format!("{}={}", cookie.name, cookie.value);
+            let mut returning = request(Some(&format!("theme=dark; {pair}")));
+            group.bench_with_input(
+                BenchmarkId::new(format!("sticky-session{contract}/cookie"), n),
+                &n,
+                |b, _| b.iter(|| black_box(decide(&sticky, &mut returning, black_box(&st)))),
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("sticky-session{contract}/new"), n),
+                &n,
+                |b, _| b.iter(|| black_box(decide(&sticky, &mut fresh, black_box(&st)))),
+            );
         }
-
-        let sticky = load(&engine, "sticky-session", n);
-        let mut fresh = request(None);
-        let first = sticky.select(&mut fresh, &st).unwrap();
-        let cookie = first.set_cookie.unwrap();
-        let pair = format!("{}={}", cookie.name, cookie.value);
-        let mut returning = request(Some(&format!("theme=dark; {pair}")));
-        group.bench_with_input(BenchmarkId::new("sticky-session/cookie", n), &n, |b, _| {
-            b.iter(|| black_box(decide(&sticky, &mut returning, black_box(&st))))
-        });
-        group.bench_with_input(BenchmarkId::new("sticky-session/new", n), &n, |b, _| {
-            b.iter(|| black_box(decide(&sticky, &mut fresh, black_box(&st))))
-        });
 
         let native = RoundRobin::default();
         let mut req = request(None);

@@ -53,8 +53,7 @@ fn states() -> Vec<BackendState> {
     vec![
         BackendState {
             healthy: true,
-            in_flight: 0,
-            latency_ewma_us: 0
+            ..BackendState::default()
         };
         3
     ]
@@ -73,6 +72,7 @@ fn request(canary: bool) -> RequestView {
         parts: b.body(()).unwrap().into_parts().0,
         client_ip: IpAddr::from([203, 0, 113, 7]),
         https: false,
+        attempt: 1,
     }
 }
 

@@ -305,14 +305,20 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let app = App::new(1)?;
-    match runtime::build(config, &app, 1) {
+    match runtime::build(config, &app, 1, None) {
         Ok(built) => {
             for up in &built.runtime.upstreams {
                 let status = up.policy().status();
+                let exports = if status.exports.is_empty() {
+                    String::new()
+                } else {
+                    format!(", exports {}", status.exports.join(" and "))
+                };
                 println!(
-                    "upstream {}: policy {}, {} backend(s)",
+                    "upstream {}: policy {} (contract {}{exports}), {} backend(s)",
                     up.name,
                     up.policy().name(),
+                    status.contract,
                     up.backends.len()
                 );
                 if status.memory.0 > 0 {

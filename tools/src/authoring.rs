@@ -16,12 +16,26 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use wit_bindgen_core::wit_parser as wp;
 
-/// The contract, as shipped in `wit/`.
+/// The contract, `switchyard:policy@0.2.0`, as shipped in `wit/`.
 pub const WIT: &[(&str, &str)] = &[
     ("types.wit", include_str!("../../wit/types.wit")),
+    ("request.wit", include_str!("../../wit/request.wit")),
+    ("decision.wit", include_str!("../../wit/decision.wit")),
     ("host.wit", include_str!("../../wit/host.wit")),
     ("selector.wit", include_str!("../../wit/selector.wit")),
+    ("observer.wit", include_str!("../../wit/observer.wit")),
+    ("membership.wit", include_str!("../../wit/membership.wit")),
     ("world.wit", include_str!("../../wit/world.wit")),
+];
+
+/// The previous contract, `switchyard:policy@0.1.0` (`wit/0.1/`), which
+/// the proxy still runs: `componentize` embeds it in a module that
+/// exports its functions.
+pub const WIT_V01: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../wit/0.1/types.wit")),
+    ("host.wit", include_str!("../../wit/0.1/host.wit")),
+    ("selector.wit", include_str!("../../wit/0.1/selector.wit")),
+    ("world.wit", include_str!("../../wit/0.1/world.wit")),
 ];
 
 /// Stands in a template's build.sh for the path of the switchyard that
@@ -82,6 +96,18 @@ const RUST: &[File] = &[
     (
         "sdk/src/hash.rs",
         include_str!("../../plugins/sdk/src/hash.rs"),
+    ),
+    (
+        "sdk/src/choose.rs",
+        include_str!("../../plugins/sdk/src/choose.rs"),
+    ),
+    (
+        "sdk/src/sys.rs",
+        include_str!("../../plugins/sdk/src/sys.rs"),
+    ),
+    (
+        "sdk/src/testing.rs",
+        include_str!("../../plugins/sdk/src/testing.rs"),
     ),
 ];
 
@@ -250,16 +276,38 @@ fn sdk_manifest(text: &str) -> String {
 
 /// The contract, parsed (with the wit-parser that wit-component and
 /// wit-bindgen-c both use).
-fn resolve() -> anyhow::Result<(wp::Resolve, wp::WorldId)> {
+/// `world` of the contract in `wit`, parsed.
+fn resolve(wit: &[(&str, &str)], world: &str) -> anyhow::Result<(wp::Resolve, wp::WorldId)> {
     let mut map = wp::SourceMap::new();
-    for (name, text) in WIT {
+    for (name, text) in wit {
         map.push(Path::new(name), *text);
     }
     let group = map.parse().map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
     let mut resolve = wp::Resolve::default();
     let pkg = resolve.push_group(group)?;
-    let world = resolve.select_world(&[pkg], Some("policy"))?;
+    let world = resolve.select_world(&[pkg], Some(world))?;
     Ok((resolve, world))
+}
+
+/// The world a core module implements, judged by its exports: 0.1's if it
+/// exports 0.1's selector; 0.2's `adaptive-policy` if it exports
+/// `observer` or `membership`; else 0.2's `policy`.
+fn world_of(module: &[u8]) -> anyhow::Result<(wp::Resolve, wp::WorldId)> {
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(module).flatten() {
+        if let wasmparser::Payload::ExportSection(exports) = payload {
+            names.extend(exports.into_iter().flatten().map(|e| e.name.to_string()));
+        }
+    }
+    let has = |needle: &str| names.iter().any(|n| n.contains(needle));
+    if has("switchyard:policy/selector@0.1.0#") {
+        resolve(WIT_V01, "policy")
+    } else if has("switchyard:policy/observer@0.2.0#") || has("switchyard:policy/membership@0.2.0#")
+    {
+        resolve(WIT, "adaptive-policy")
+    } else {
+        resolve(WIT, "policy")
+    }
 }
 
 /// Turns a core module (binary or WAT text) into a policy component.
@@ -272,7 +320,7 @@ pub fn componentize(input: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
     let has_world = wasmparser_custom_section(&module, "component-type");
     if !has_world {
-        let (resolve, world) = resolve()?;
+        let (resolve, world) = world_of(&module)?;
         wit_component::embed_component_metadata(
             &mut module,
             &resolve,
@@ -353,13 +401,9 @@ pub fn set_limits(
 /// Writes C bindings (`policy.h`, `policy.c`, `policy_component_type.o`)
 /// into `dir`.
 pub fn c_bindings(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let (mut resolve, world) = resolve()?;
+    let (mut resolve, world) = resolve(WIT, "policy")?;
     let mut files = wit_bindgen_core::Files::default();
-    // Borrowed handles (the request) are dropped by the bindings.
-    let opts = wit_bindgen_c::Opts {
-        autodrop_borrows: wit_bindgen_c::Enabled::Yes,
-        ..Default::default()
-    };
+    let opts = wit_bindgen_c::Opts::default();
     opts.build().generate(&mut resolve, world, &mut files)?;
     std::fs::create_dir_all(dir)?;
     let mut made = Vec::new();
@@ -377,7 +421,9 @@ mod tests {
 
     #[test]
     fn the_embedded_wit_parses() {
-        resolve().unwrap();
+        resolve(WIT, "policy").unwrap();
+        resolve(WIT, "adaptive-policy").unwrap();
+        resolve(WIT_V01, "policy").unwrap();
     }
 
     #[test]
@@ -389,6 +435,18 @@ mod tests {
             (func (export "switchyard:policy/selector@0.1.0#select") (param i32 i32 i32) (result i32) unreachable))"#;
         let component = componentize(wat.as_bytes()).unwrap();
         assert_eq!(&component[..8], b"\0asm\x0d\x00\x01\x00");
+    }
+
+    #[test]
+    fn a_0_2_module_gets_the_0_2_world() {
+        let wat = r#"(module
+            (memory (export "memory") 1)
+            (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+            (func (export "switchyard:policy/selector@0.2.0#configure") (param i32 i32 i32 i32) (result i32) (i32.const 64))
+            (func (export "switchyard:policy/selector@0.2.0#select") (param i32 i32 i32) (result i32) unreachable))"#;
+        let component = componentize(wat.as_bytes()).unwrap();
+        let text = String::from_utf8_lossy(&component);
+        assert!(text.contains("switchyard:policy/selector@0.2.0"));
     }
 
     #[test]

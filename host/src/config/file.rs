@@ -40,6 +40,7 @@ pub(super) struct FileServer {
     #[serde(default)]
     pub forwarded: bool,
     pub cache_dir: Option<String>,
+    pub zone: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +127,7 @@ pub(super) struct FileBackend {
     pub backup: bool,
     #[serde(default)]
     pub h2: bool,
+    pub tags: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,6 +33,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Reload when the config file or a policy file changes.
     pub watch: bool,
+    /// The proxy's zone, for zone-aware policies.
+    pub zone: Option<String>,
     /// The admin API, if enabled.
     pub admin: Option<AdminConfig>,
     /// Upstream groups, by name order.
@@ -94,6 +96,10 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         .upstreams
         .iter()
         .filter_map(|(name, up)| up.get_ref().to_upstream(c, &base, name))
+        .map(|up| UpstreamConfig {
+            zone: server.zone.clone(),
+            ..up
+        })
         .collect();
     let names: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
     let routes = routes::to_routes(c, &raw.routes, &names, &upstreams);
@@ -109,6 +115,7 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         trusted_proxies: server.trusted_proxies,
         shutdown_grace: server.shutdown_grace,
         watch: server.watch,
+        zone: server.zone.clone(),
         admin,
         upstreams,
         routes,

@@ -104,6 +104,7 @@ pub(super) struct Server {
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
     pub watch: bool,
+    pub zone: Option<String>,
 }
 
 impl FileServer {
@@ -177,6 +178,13 @@ impl FileServer {
             trusted_proxies: self.trusted_proxies(c),
             shutdown_grace: c.or(shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
             watch: self.watch.unwrap_or(true),
+            zone: match &self.zone {
+                Some(z) if z.get_ref().trim().is_empty() => {
+                    c.push(c.loc().error(z, "server.zone: must not be empty"));
+                    None
+                }
+                z => z.as_ref().map(|z| z.get_ref().trim().to_string()),
+            },
         }
     }
 

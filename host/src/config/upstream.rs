@@ -120,6 +120,8 @@ pub struct UpstreamConfig {
     pub retry_timeout: Duration,
     /// Active health checks, if configured.
     pub health_check: Option<HealthCheckConfig>,
+    /// The proxy's zone (`[server] zone`), handed to the policy.
+    pub zone: Option<String>,
 }
 
 /// Limits on a policy's instances. A limit the config does not set is
@@ -171,6 +173,9 @@ pub struct BackendConfig {
     pub backup: bool,
     /// Speak HTTP/2 (prior knowledge, cleartext) to it.
     pub h2: bool,
+    /// `tags = { zone = "eu-1" }`, sorted by key, values as text: handed
+    /// to the policy.
+    pub tags: Vec<(String, String)>,
 }
 
 /// Active health checking of an upstream's backends.
@@ -279,6 +284,8 @@ impl FileUpstream {
                 .health_check
                 .as_ref()
                 .and_then(|h| h.get_ref().to_health_check(c, &key)),
+            // Set from `[server]` once both are read.
+            zone: None,
         };
         Some(up)
     }
@@ -446,6 +453,7 @@ impl FileBackend {
             }
         };
         let weight = at_least_one(c, &format!("{key}.weight"), &self.weight, 1);
+        let tags = self.tags(c, key)?;
         Some(BackendConfig {
             name: name.clone(),
             address,
@@ -453,7 +461,33 @@ impl FileBackend {
             weight,
             backup: self.backup,
             h2: self.h2,
+            tags,
         })
+    }
+
+    /// `tags`: a flat table of strings, numbers or booleans.
+    fn tags(&self, c: &mut Checker<'_>, key: &str) -> Option<Vec<(String, String)>> {
+        let Some(table) = &self.tags else {
+            return Some(Vec::new());
+        };
+        let mut tags = Vec::new();
+        for (k, v) in table.get_ref() {
+            match v {
+                toml::Value::String(s) => tags.push((k.clone(), s.clone())),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    tags.push((k.clone(), v.to_string()))
+                }
+                _ => {
+                    c.push(c.loc().error(
+                        table,
+                        format!("{key}.tags.{k}: a tag is a string, a number or a boolean"),
+                    ));
+                    return None;
+                }
+            }
+        }
+        tags.sort();
+        Some(tags)
     }
 }
 

@@ -300,6 +300,10 @@ pub struct PolicyInfo {
     pub healthy: bool,
     /// Failures since its last success.
     pub consecutive_failures: u32,
+    /// The contract it targets: `0.1`, `0.2` or `native`.
+    pub contract: &'static str,
+    /// The optional 0.2 exports it has: `observer`, `membership`.
+    pub exports: Vec<&'static str>,
     /// The limits it runs under (absent for the native fallback).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsInfo>,
@@ -360,6 +364,8 @@ pub fn status(runtime: &Runtime) -> Status {
                         loaded_at: rfc3339(p.loaded_at),
                         healthy: p.healthy,
                         consecutive_failures: p.consecutive_failures,
+                        contract: p.contract,
+                        exports: p.exports.clone(),
                         limits: (p.memory.0 > 0).then(|| LimitsInfo {
                             memory_bytes: p.memory.0,
                             memory_from: p.memory.1.describe(),

@@ -73,6 +73,7 @@ pub struct Metrics {
     decision_seconds: Family<UpstreamLabels, LatencyHistogram>,
     attempt_failures: Family<AttemptLabels, Counter>,
     busy: Family<UpstreamLabels, Counter>,
+    ranked: Family<UpstreamLabels, Counter>,
     /// Requests no route matched (or refused before routing).
     pub unrouted: ByClass,
 }
@@ -95,6 +96,12 @@ impl Metrics {
         let decision_seconds = Family::<UpstreamLabels, LatencyHistogram>::default();
         let attempt_failures = Family::<AttemptLabels, Counter>::default();
         let busy = Family::<UpstreamLabels, Counter>::default();
+        let ranked = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "ranked_attempts",
+            "Attempts sent to a backend the policy ranked as a fallback, without calling it again",
+            ranked.clone(),
+        );
         registry.register(
             "backend_failures",
             "Attempts on a backend that did not end in a complete response, by kind (too_large, busy and client_gone do not count against the backend's health)",
@@ -152,6 +159,7 @@ impl Metrics {
             decision_seconds,
             attempt_failures,
             busy,
+            ranked,
             unrouted,
         }
     }
@@ -188,6 +196,7 @@ impl Metrics {
             swaps: self.swaps.get_or_create_owned(&result("ok")),
             failed_swaps: self.swaps.get_or_create_owned(&result("failed")),
             busy: self.busy.get_or_create_owned(&up),
+            ranked: self.ranked.get_or_create_owned(&up),
         }
     }
 

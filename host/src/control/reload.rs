@@ -221,9 +221,10 @@ impl Reloader {
     async fn try_reload(&mut self) -> Result<u64, String> {
         let generation = self.proxy.runtime().generation + 1;
         let (app, file) = (self.app.clone(), self.config_file.clone());
+        let running = self.proxy.runtime();
         let built = tokio::task::spawn_blocking(move || {
             let config = Config::load(&file).map_err(|e| e.to_string())?;
-            runtime::build(config, &app, generation).map_err(|errors| {
+            runtime::build(config, &app, generation, Some(&running)).map_err(|errors| {
                 errors
                     .iter()
                     .map(|e| e.to_string())

@@ -61,9 +61,57 @@ fn load_policy(
     Ok(Box::new(policy))
 }
 
-/// Loads every upstream's policy and builds the groups. Returns every
-/// problem found, each located where it was written.
-pub fn build(mut config: Config, app: &App, generation: u64) -> Result<Built, Vec<ConfigError>> {
+/// A policy that observes or learns keeps its instances across a reload
+/// that changes only its group's backends: when `previous` (the group as
+/// it runs now) has the same component (same file contents), the same
+/// `policy-config`, sandbox and zone, and the component exports the
+/// membership call, the running policy is handed the new backends (after
+/// a dry run) instead of being loaded again. `None`: load it anew.
+fn updated_policy(
+    app: &App,
+    previous: Option<&Upstream>,
+    up: &UpstreamConfig,
+    backends: &[Backend],
+) -> Option<Box<dyn Policy>> {
+    let previous = previous?;
+    let running = previous.policy();
+    if previous.config.policy != up.policy || matches!(up.policy, PolicySource::Native(_)) {
+        return None;
+    }
+    match app.engine.compile(&up.policy) {
+        Ok(compiled) if compiled.digest == running.status().digest => {}
+        _ => return None,
+    }
+    match running.update_to(up, &states(backends, &[]))? {
+        Ok(policy) => {
+            tracing::info!(
+                upstream = %up.name,
+                "policy {} keeps its instances: {} backends handed to its membership call",
+                up.policy,
+                up.backends.len()
+            );
+            Some(policy)
+        }
+        Err(e) => {
+            tracing::info!(
+                upstream = %up.name,
+                "policy {} is configured anew: its membership update failed: {e}",
+                up.policy
+            );
+            None
+        }
+    }
+}
+
+/// Loads every upstream's policy and builds the groups (reusing the
+/// running policies of `previous` where a membership update will do).
+/// Returns every problem found, each located where it was written.
+pub fn build(
+    mut config: Config,
+    app: &App,
+    generation: u64,
+    previous: Option<&Runtime>,
+) -> Result<Built, Vec<ConfigError>> {
     let mut errors = Vec::new();
     if let Err(e) = limits::fit_connections(&mut config) {
         errors.push(e);
@@ -74,7 +122,12 @@ pub fn build(mut config: Config, app: &App, generation: u64) -> Result<Built, Ve
         let backends = app
             .backends
             .backends(up, |b| app.metrics.backend(&up.name, b));
-        match load_policy(app, up, &backends) {
+        let running = previous.and_then(|rt| rt.upstreams.iter().find(|u| u.name == up.name));
+        let loaded = match updated_policy(app, running.map(|u| &**u), up, &backends) {
+            Some(policy) => Ok(policy),
+            None => load_policy(app, up, &backends),
+        };
+        match loaded {
             Ok(policy) => upstreams.push(Arc::new(Upstream::new(
                 up.clone(),
                 backends,
@@ -178,7 +231,7 @@ pub fn swap_policy_file(rt: &Runtime, app: &App, path: &Path) -> Vec<Swap> {
 /// Builds the first runtime from a checked config, or says every reason
 /// it cannot be, one per line.
 pub fn first(app: &App, config: Config) -> anyhow::Result<Built> {
-    build(config, app, 1).map_err(|errors| {
+    build(config, app, 1, None).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!(lines.join("\n"))
     })

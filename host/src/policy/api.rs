@@ -5,7 +5,10 @@
 //! ([`LoadError`]).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use smallvec::SmallVec;
 
 use super::builtin;
 
@@ -21,6 +24,8 @@ pub struct RequestView {
     pub client_ip: IpAddr,
     /// Whether the request came in over TLS.
     pub https: bool,
+    /// Which attempt is being decided: 1 for the first, 2 for a retry...
+    pub attempt: u32,
 }
 
 impl RequestView {
@@ -30,12 +35,13 @@ impl RequestView {
             parts: http::Request::new(()).into_parts().0,
             client_ip: IpAddr::from([0, 0, 0, 0]),
             https: false,
+            attempt: 0,
         }
     }
 }
 
 /// The live state of one backend, as a policy sees it (see `types.wit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BackendState {
     /// Usable for this request.
     pub healthy: bool,
@@ -43,16 +49,81 @@ pub struct BackendState {
     pub in_flight: u32,
     /// EWMA of time to response headers, µs; 0 if unknown.
     pub latency_ewma_us: u32,
+    /// When it last became usable (monotonic ns); 0 when it is not.
+    pub healthy_since_ns: u64,
+    /// Failed attempts since its last success.
+    pub consecutive_failures: u32,
 }
 
 /// A policy's answer as it gave it; the upstream checks it (index in range
 /// and healthy, a valid cookie) before it is used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
     /// Index of the chosen backend.
     pub backend: u32,
     /// A cookie to set on the response.
     pub set_cookie: Option<CookieSpec>,
+    /// More backends, best first, to try before asking again (0.2).
+    pub fallbacks: SmallVec<[u32; 4]>,
+    /// Why, in a few words, for traces and debug logs (0.2).
+    pub reason: Option<String>,
+}
+
+impl Decision {
+    /// Just a backend.
+    pub fn to(backend: u32) -> Decision {
+        Decision {
+            backend,
+            ..Decision::default()
+        }
+    }
+}
+
+/// Why an attempt did not end in a complete response, as a policy is told
+/// (`types.failure` in the 0.2 contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// No connection.
+    ConnectFailed,
+    /// No connection in time.
+    ConnectTimeout,
+    /// The connection broke before the response headers.
+    ConnectionLost,
+    /// No response headers in time.
+    ResponseTimeout,
+    /// The backend stopped sending or reading.
+    ReadTimeout,
+    /// The response body broke off.
+    BodyBroken,
+    /// The backend broke the protocol.
+    Protocol,
+    /// Every connection slot was in use (the proxy's limit).
+    Busy,
+    /// The response head was over the proxy's limits.
+    TooLarge,
+    /// The client went away.
+    ClientGone,
+}
+
+/// What happened to one attempt, as delivered to a policy that observes.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The backend, by name (indices may change with membership).
+    pub backend: Arc<str>,
+    /// 1 for a request's first attempt.
+    pub attempt: u32,
+    /// The response status, if one came.
+    pub status: Option<u16>,
+    /// Why there was no (complete) response.
+    pub failure: Option<AttemptFailure>,
+    /// Time to the response headers, µs.
+    pub headers_us: Option<u64>,
+    /// Time to the end of the body, µs.
+    pub body_us: Option<u64>,
+    /// When the attempt ended (monotonic ns).
+    pub ended_ns: u64,
+    /// Values of the response headers the policy watches, in its order.
+    pub headers: Vec<Option<String>>,
 }
 
 /// The `SameSite` attribute of a cookie.
@@ -75,6 +146,8 @@ pub struct CookieSpec {
     pub value: String,
     /// `Path`; `/` when none.
     pub path: Option<String>,
+    /// `Domain`; left out when none.
+    pub domain: Option<String>,
     /// `Max-Age` in seconds.
     pub max_age: Option<u64>,
     /// `HttpOnly`.
@@ -120,6 +193,10 @@ pub enum PolicyFailure {
     /// is being made in the background.
     #[error("no instance ready on this thread yet")]
     Warming,
+    /// Not called: the instance could not take a membership update (its
+    /// `update` said why) and is being replaced.
+    #[error("the instance refused a membership update: {0}")]
+    Stale(String),
 }
 
 impl PolicyFailure {
@@ -136,11 +213,12 @@ impl PolicyFailure {
             PolicyFailure::Unavailable(_) => "unavailable",
             PolicyFailure::Skipped => "skipped",
             PolicyFailure::Warming => "warming",
+            PolicyFailure::Stale(_) => "stale",
         }
     }
 
     /// Every kind, in a fixed order (for metrics).
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "trap",
         "timeout",
         "memory",
@@ -151,6 +229,7 @@ impl PolicyFailure {
         "unavailable",
         "skipped",
         "warming",
+        "stale",
     ];
 
     /// Index of this failure's kind in [`PolicyFailure::KINDS`].
@@ -183,6 +262,10 @@ pub struct PolicyStatus {
     pub memory: (u64, super::limits::Source),
     /// The time limit in force, and where it came from.
     pub timeout: (std::time::Duration, super::limits::Source),
+    /// The contract it targets (`"0.1"`, `"0.2"`, `"native"`).
+    pub contract: &'static str,
+    /// The optional 0.2 exports it has (`observer`, `membership`).
+    pub exports: Vec<&'static str>,
 }
 
 /// A backend selection policy as the proxy uses it.
@@ -199,6 +282,32 @@ pub trait Policy: Send + Sync {
     /// The verdict on this thread's last `select`: usable, or why not. A
     /// policy keeps its health from these (a `Skipped` call gets none).
     fn settle(&self, verdict: Result<(), &PolicyFailure>);
+
+    /// Takes the outcome of an attempt, for a policy that observes them.
+    /// Called on the response path: it must only queue.
+    fn observe(&self, _outcome: Observed) {}
+
+    /// The response headers whose values [`Observed::headers`] should
+    /// carry (lower case), for a policy that observes.
+    fn watched_headers(&self) -> &[http::HeaderName] {
+        &[]
+    }
+
+    /// Which contract the policy targets (`"0.1"`, `"0.2"`), or
+    /// `"native"`.
+    fn contract(&self) -> &'static str;
+
+    /// The same policy, its instances and what they learned, for
+    /// `upstream`: the same group with other backends (a reload). `None`
+    /// when it cannot be handed new backends (see `membership.wit`): load
+    /// it anew.
+    fn update_to(
+        &self,
+        _upstream: &crate::config::UpstreamConfig,
+        _states: &[BackendState],
+    ) -> Option<Result<Box<dyn Policy>, LoadError>> {
+        None
+    }
 
     /// The name shown in logs and the admin API.
     fn name(&self) -> &str;
@@ -242,7 +351,7 @@ pub enum LoadError {
         reason: String,
     },
     /// It compiled but does not fit the `switchyard:policy` world.
-    #[error("{what} does not implement the switchyard:policy@0.1.0 world: {reason}")]
+    #[error("{what} does not implement a switchyard:policy world (0.2.0, or 0.1.0): {reason}")]
     World {
         /// The source.
         what: String,

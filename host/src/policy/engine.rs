@@ -22,8 +22,9 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, OptLevel};
 
 use super::api::{LoadError, describe};
-use super::bindings::{PolicyWorld, PolicyWorldPre};
+use super::bindings::{PolicyWorld, v02};
 use super::builtin;
+use super::contract::Bound;
 use super::host_impl::HostState;
 use super::limits::Requested;
 use super::sandbox::Ticker;
@@ -33,7 +34,7 @@ use crate::config::PolicySource;
 const CACHE_ENTRIES: usize = 32;
 
 /// Recently compiled components by content digest, most recent last.
-type CompileCache = Mutex<VecDeque<([u8; 32], PolicyWorldPre<HostState>, bool)>>;
+type CompileCache = Mutex<VecDeque<([u8; 32], Bound, bool)>>;
 
 /// How the engine runs policies.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +77,7 @@ pub struct Compiled {
     pub wasi: bool,
     /// The limits it states it needs.
     pub requested: Requested,
-    pub(crate) pre: PolicyWorldPre<HostState>,
+    pub(crate) pre: Bound,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -85,6 +86,7 @@ impl std::fmt::Debug for Compiled {
             .field("source", &self.source)
             .field("size", &self.size)
             .field("digest", &self.digest)
+            .field("contract", &self.pre.contract())
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +110,9 @@ impl PolicyEngine {
         config.epoch_interruption(options.deadlines);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
+        // Both contracts' imports: a component binds to the one it targets.
         PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v02::AdaptivePolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let mut wasi_linker = linker.clone();
         wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)?;
         super::wasi::forbid_blocking(&mut wasi_linker)?;
@@ -196,13 +200,10 @@ impl PolicyEngine {
         } else {
             &self.linker
         };
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(PolicyWorldPre::new)
-            .map_err(|e| LoadError::World {
-                what: what.clone(),
-                reason: describe(&e),
-            })?;
+        let pre = Bound::new(linker, &component).map_err(|e| LoadError::World {
+            what: what.clone(),
+            reason: describe(&e),
+        })?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_ENTRIES {
             cache.pop_front();
@@ -308,7 +309,7 @@ impl PolicyEngine {
         }
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<(PolicyWorldPre<HostState>, bool)> {
+    fn cached(&self, digest: &[u8; 32]) -> Option<(Bound, bool)> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let i = cache.iter().position(|(d, _, _)| d == digest)?;
         // Most recently used last.

@@ -1,22 +1,67 @@
-//! The host side of the WIT imports: what a policy's calls to `request`,
-//! `counter`, the key-value store, `random-u64`, `now-ns` and `log` do.
+//! The data of a policy instance's store ([`HostState`]) and what the
+//! host functions of both contracts share: reading the request being
+//! decided, counters, logs, the memory limit. The contract-specific
+//! bindings are in [`super::host_v01`] and [`super::host_v02`].
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use http::header::{COOKIE, HOST};
-use wasmtime::component::{Resource, ResourceTable};
+use smallvec::SmallVec;
+use wasmtime::component::ResourceTable;
 
-use super::api::RequestView;
-use super::bindings::{CounterRes, RequestRes, host, types};
+use super::api::{CookieSpec, RequestView};
 use super::sandbox::DeadlineWatch;
 use super::shared::{MAX_COUNTERS, SharedState};
 
+/// The request a call decides, lent to the store by address for the length
+/// of that call. A request head is a few hundred bytes: moving it into the
+/// store and back cost a quarter of a whole decision.
+#[derive(Default)]
+pub struct LentRequest(Option<NonNull<RequestView>>);
+
+// SAFETY: the pointer is only set while the thread that lent the request
+// is inside a call on this store (see `lend`), and only read from that
+// call's host functions, on that thread.
+unsafe impl Send for LentRequest {}
+
+/// What a host function sees outside a call (never, in practice).
+static NO_REQUEST: LazyLock<RequestView> = LazyLock::new(RequestView::placeholder);
+
+impl LentRequest {
+    /// Lends `req` until [`LentRequest::end`].
+    ///
+    /// # Safety
+    ///
+    /// `req` must stay alive and unchanged until `end` is called, which
+    /// the caller must do before it uses `req` again (also when the call
+    /// panics).
+    pub unsafe fn lend(&mut self, req: &RequestView) {
+        self.0 = Some(NonNull::from(req));
+    }
+
+    /// Ends the loan.
+    pub fn end(&mut self) {
+        self.0 = None;
+    }
+
+    /// The lent request, or an empty one between calls.
+    pub fn get(&self) -> &RequestView {
+        match self.0 {
+            // SAFETY: `lend`'s caller keeps the request alive and unchanged
+            // until `end`.
+            Some(p) => unsafe { p.as_ref() },
+            None => &NO_REQUEST,
+        }
+    }
+}
+
 /// The data of one policy instance's store.
 pub struct HostState {
-    /// The request being decided; a placeholder between calls.
-    pub request: RequestView,
+    /// The request being decided, lent for the length of one call.
+    pub request: LentRequest,
     /// Counter handles the instance opened.
     pub table: ResourceTable,
     /// The upstream group's shared counters and key-value store.
@@ -35,7 +80,46 @@ pub struct HostState {
     pub counters_open: usize,
     /// The policy's log lines, rate-limited.
     pub logs: Arc<LogLimiter>,
+    /// What 0.2's plain-function imports work on.
+    pub v02: V02State,
 }
+
+/// A 0.2 instance's host-side state.
+#[derive(Default)]
+pub struct V02State {
+    /// Counters by handle (the index); names to find one opened twice.
+    pub counters: Vec<(Arc<str>, Arc<AtomicU64>)>,
+    /// What the `select` in progress added to its answer.
+    pub effects: Effects,
+    /// A `select` is in progress (the `decision` imports count).
+    pub in_select: bool,
+    /// `configure` is in progress (`watch-response-header` counts).
+    pub configuring: bool,
+    /// Response headers asked for in `configure`.
+    pub watch: Vec<String>,
+    /// The backends' load for the `select` in progress: (in-flight, EWMA µs).
+    pub loads: SmallVec<[(u32, u32); 8]>,
+    /// The proxy's zone.
+    pub zone: Option<Arc<str>>,
+}
+
+/// What a 0.2 decision adds to its answer through `decision` imports.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// `set-response-cookie`.
+    pub cookie: Option<CookieSpec>,
+    /// `fallbacks`, at most [`MAX_FALLBACKS`].
+    pub fallbacks: SmallVec<[u32; 4]>,
+    /// `reason`, at most [`MAX_REASON`] bytes.
+    pub reason: Option<String>,
+}
+
+/// Fallbacks a decision may rank.
+pub const MAX_FALLBACKS: usize = 16;
+/// Bytes of a decision's reason kept.
+pub const MAX_REASON: usize = 128;
+/// Response headers a policy may watch.
+pub const MAX_WATCHED: usize = 16;
 
 impl HostState {
     /// A fresh state for a new instance.
@@ -48,7 +132,7 @@ impl HostState {
         HostState {
             counters_open: 0,
             logs,
-            request: RequestView::placeholder(),
+            request: LentRequest::default(),
             table: ResourceTable::new(),
             shared,
             label,
@@ -56,8 +140,107 @@ impl HostState {
             memory_exceeded: false,
             deadline: DeadlineWatch::default(),
             wasi: None,
+            v02: V02State::default(),
         }
     }
+
+    /// Opens the group's counter `name` for this instance, within the
+    /// limits on handles and distinct counters.
+    pub fn open_counter(&mut self, name: &str) -> wasmtime::Result<Arc<AtomicU64>> {
+        if self.counters_open >= MAX_COUNTER_HANDLES {
+            wasmtime::bail!(
+                "policy holds {MAX_COUNTER_HANDLES} counter handles open; open counters once (in configure) and keep them"
+            );
+        }
+        let Some(counter) = self.shared.counter(name) else {
+            wasmtime::bail!("policy opened more than {MAX_COUNTERS} distinct counters");
+        };
+        self.counters_open += 1;
+        Ok(counter)
+    }
+
+    /// The request's method.
+    pub fn req_method(&self) -> String {
+        self.request.get().parts.method.as_str().to_string()
+    }
+
+    /// The request's path.
+    pub fn req_path(&self) -> String {
+        self.request.get().parts.uri.path().to_string()
+    }
+
+    /// The request's query string.
+    pub fn req_query(&self) -> Option<String> {
+        self.request.get().parts.uri.query().map(str::to_string)
+    }
+
+    /// The host the request names, without port.
+    pub fn req_host(&self) -> Option<String> {
+        request_host(&self.request.get().parts).map(str::to_string)
+    }
+
+    /// `http` or `https`.
+    pub fn req_scheme(&self) -> String {
+        if self.request.get().https {
+            "https"
+        } else {
+            "http"
+        }
+        .to_string()
+    }
+
+    /// The client's address.
+    pub fn req_client_ip(&self) -> String {
+        self.request.get().client_ip.to_string()
+    }
+
+    /// A request header's values joined with `, `.
+    pub fn req_header(&self, name: &str) -> Option<String> {
+        joined(&self.request.get().parts.headers, name)
+    }
+
+    /// A request cookie.
+    pub fn req_cookie(&self, name: &str) -> Option<String> {
+        find_cookie(&self.request.get().parts.headers, name).map(str::to_string)
+    }
+
+    /// Writes a policy's log line, if the rate limit lets it through.
+    pub fn log_line(&self, level: tracing::Level, message: &str) {
+        let Some(dropped) = self.logs.admit() else {
+            return;
+        };
+        let policy = &*self.label;
+        if dropped > 0 {
+            tracing::warn!(target: "switchyard::policy", policy, "{dropped} log lines dropped (over {LOG_PER_SECOND} a second)");
+        }
+        match level {
+            tracing::Level::DEBUG | tracing::Level::TRACE => {
+                tracing::debug!(target: "switchyard::policy", policy, "{message}")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(target: "switchyard::policy", policy, "{message}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(target: "switchyard::policy", policy, "{message}")
+            }
+            tracing::Level::ERROR => {
+                tracing::error!(target: "switchyard::policy", policy, "{message}")
+            }
+        }
+    }
+}
+
+/// The values of header `name` in `headers`, joined with `, ` (RFC 9110);
+/// none if absent or a value is not valid UTF-8.
+pub fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let mut values = headers.get_all(name).iter();
+    let mut out = values.next()?.to_str().ok()?.to_string();
+    for v in values {
+        out.push_str(", ");
+        out.push_str(v.to_str().ok()?);
+    }
+    Some(out)
 }
 
 /// Tables a policy may grow to (function references); generous, bounded.
@@ -186,157 +369,6 @@ pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a s
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(v)
         })
-}
-
-impl types::Host for HostState {}
-
-impl types::HostRequest for HostState {
-    fn method(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<String> {
-        Ok(self.request.parts.method.as_str().to_string())
-    }
-
-    fn path(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<String> {
-        Ok(self.request.parts.uri.path().to_string())
-    }
-
-    fn query(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<Option<String>> {
-        Ok(self.request.parts.uri.query().map(str::to_string))
-    }
-
-    fn host(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<Option<String>> {
-        Ok(request_host(&self.request.parts).map(str::to_string))
-    }
-
-    fn scheme(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<String> {
-        Ok(if self.request.https { "https" } else { "http" }.to_string())
-    }
-
-    fn client_ip(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<String> {
-        Ok(self.request.client_ip.to_string())
-    }
-
-    fn header(
-        &mut self,
-        _: Resource<RequestRes>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
-            return Ok(None);
-        };
-        let mut values = self.request.parts.headers.get_all(name).iter();
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        let Ok(first) = first.to_str() else {
-            return Ok(None);
-        };
-        let mut out = first.to_string();
-        for v in values {
-            match v.to_str() {
-                Ok(v) => {
-                    out.push_str(", ");
-                    out.push_str(v);
-                }
-                Err(_) => return Ok(None),
-            }
-        }
-        Ok(Some(out))
-    }
-
-    fn cookie(
-        &mut self,
-        _: Resource<RequestRes>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(find_cookie(&self.request.parts.headers, &name).map(str::to_string))
-    }
-
-    fn drop(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<()> {
-        // The request belongs to the proxy; a handle going away frees nothing.
-        Ok(())
-    }
-}
-
-impl host::Host for HostState {
-    fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.shared.kv_get(&key))
-    }
-
-    fn kv_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.shared.kv_set(key, value))
-    }
-
-    fn kv_delete(&mut self, key: String) -> wasmtime::Result<bool> {
-        Ok(self.shared.kv_delete(&key))
-    }
-
-    fn random_u64(&mut self) -> wasmtime::Result<u64> {
-        Ok(fastrand::u64(..))
-    }
-
-    fn now_ns(&mut self) -> wasmtime::Result<u64> {
-        Ok(monotonic_ns())
-    }
-
-    fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
-        let Some(dropped) = self.logs.admit() else {
-            return Ok(());
-        };
-        let policy = &*self.label;
-        if dropped > 0 {
-            tracing::warn!(target: "switchyard::policy", policy, "{dropped} log lines dropped (over {LOG_PER_SECOND} a second)");
-        }
-        match level {
-            host::LogLevel::Debug => {
-                tracing::debug!(target: "switchyard::policy", policy, "{message}")
-            }
-            host::LogLevel::Info => {
-                tracing::info!(target: "switchyard::policy", policy, "{message}")
-            }
-            host::LogLevel::Warn => {
-                tracing::warn!(target: "switchyard::policy", policy, "{message}")
-            }
-            host::LogLevel::Error => {
-                tracing::error!(target: "switchyard::policy", policy, "{message}")
-            }
-        }
-        Ok(())
-    }
-}
-
-impl host::HostCounter for HostState {
-    fn new(&mut self, name: String) -> wasmtime::Result<Resource<CounterRes>> {
-        if self.counters_open >= MAX_COUNTER_HANDLES {
-            wasmtime::bail!(
-                "policy holds {MAX_COUNTER_HANDLES} counter handles open; open counters once (in configure) and keep them"
-            );
-        }
-        let Some(counter) = self.shared.counter(&name) else {
-            wasmtime::bail!("policy opened more than {MAX_COUNTERS} distinct counters");
-        };
-        let handle = self.table.push(counter)?;
-        self.counters_open += 1;
-        Ok(handle)
-    }
-
-    fn fetch_add(&mut self, c: Resource<CounterRes>, delta: u64) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&c)?.fetch_add(delta, Ordering::Relaxed))
-    }
-
-    fn get(&mut self, c: Resource<CounterRes>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&c)?.load(Ordering::Relaxed))
-    }
-
-    fn set(&mut self, c: Resource<CounterRes>, value: u64) -> wasmtime::Result<()> {
-        self.table.get(&c)?.store(value, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn drop(&mut self, c: Resource<CounterRes>) -> wasmtime::Result<()> {
-        self.table.delete(c)?;
-        self.counters_open = self.counters_open.saturating_sub(1);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

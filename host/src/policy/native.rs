@@ -37,10 +37,7 @@ impl Policy for RoundRobin {
         states: &[BackendState],
     ) -> Result<Decision, PolicyFailure> {
         self.pick(states)
-            .map(|backend| Decision {
-                backend: backend as u32,
-                set_cookie: None,
-            })
+            .map(|backend| Decision::to(backend as u32))
             .ok_or_else(|| PolicyFailure::Error("no healthy backend".into()))
     }
 
@@ -48,6 +45,10 @@ impl Policy for RoundRobin {
 
     fn name(&self) -> &str {
         "native-round-robin"
+    }
+
+    fn contract(&self) -> &'static str {
+        "native"
     }
 
     fn status(&self) -> PolicyStatus {
@@ -61,6 +62,8 @@ impl Policy for RoundRobin {
             consecutive_failures: 0,
             memory: (0, Source::Default),
             timeout: (std::time::Duration::ZERO, Source::Default),
+            contract: "native",
+            exports: Vec::new(),
         }
     }
 }
@@ -74,8 +77,7 @@ mod tests {
             .iter()
             .map(|&healthy| BackendState {
                 healthy,
-                in_flight: 0,
-                latency_ewma_us: 0,
+                ..BackendState::default()
             })
             .collect()
     }

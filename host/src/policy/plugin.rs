@@ -20,20 +20,23 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use thread_local::ThreadLocal;
-use wasmtime::component::Resource;
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 
 use super::api::{
-    BackendState, CookieSpec, Decision, LoadError, Policy, PolicyFailure, PolicyStatus,
-    RequestView, SameSite, describe,
+    BackendState, Decision, LoadError, Observed, Policy, PolicyFailure, PolicyStatus, RequestView,
+    describe,
 };
-use super::bindings::{PolicyWorld, types};
+use super::bindings::{types, v02};
+use super::contract::{Exports, LastHealth, Members};
 use super::engine::{Compiled, PolicyEngine};
 use super::health::{Health, Record};
 use super::host_impl::{HostState, LogLimiter, monotonic_ns};
 use super::limits::{self, Effective, effective};
+use super::outcomes::OutcomeLog;
 use super::sandbox::{Ticker, deadline_ticks};
 use super::shared::SharedState;
+use super::verdict::{classify, dead, panic_message, setup_failure};
+use super::wasi::on_runtime_worker;
 use crate::config::{SandboxConfig, UpstreamConfig};
 
 /// Time allowed for the first instance of a load: instantiation,
@@ -47,9 +50,13 @@ const SPARES: usize = 1;
 /// After a failed background instantiation, wait this long before the next.
 const REFILL_BACKOFF: Duration = Duration::from_millis(250);
 
-/// A component policy configured for one upstream group.
+/// A component policy configured for one upstream group, for one
+/// generation of its backends (a membership update makes another
+/// `WasmPolicy` on the same instances, which each follow the members of
+/// the request they decide).
 pub struct WasmPolicy {
     inner: Arc<Inner>,
+    members: Arc<Members>,
 }
 
 struct Inner {
@@ -58,7 +65,15 @@ struct Inner {
     label: Arc<str>,
     shared: Arc<SharedState>,
     config: Vec<(String, String)>,
-    backends: Vec<types::Backend>,
+    /// The backends new instances are configured with (generation 1).
+    first: Arc<Members>,
+    /// The generation the next membership update gets.
+    next_generation: AtomicU64,
+    zone: Option<Arc<str>>,
+    /// Outcomes for instances to observe, if the policy observes.
+    outcomes: Option<OutcomeLog>,
+    /// Response headers the policy watches (set by the dry run).
+    watched: std::sync::OnceLock<Vec<http::HeaderName>>,
     sandbox: SandboxConfig,
     limits: Effective,
     ticker: Option<Ticker>,
@@ -82,9 +97,17 @@ struct Slot {
 /// One instance.
 struct Live {
     store: Store<HostState>,
-    world: PolicyWorld,
-    /// Reused buffer for the per-request backend states.
+    exports: Exports,
+    /// Reused buffer for a 0.1 instance's per-request backend states.
     scratch: Vec<types::BackendState>,
+    /// What a 0.2 instance was last told of the backends' health.
+    last: LastHealth,
+    /// The membership generation it was configured or updated for.
+    generation: u64,
+    /// Its position in the outcome log.
+    seen: u64,
+    /// Reused buffer for the outcomes it is told.
+    observed: Vec<v02::switchyard::policy::types::Outcome>,
 }
 
 impl WasmPolicy {
@@ -109,6 +132,7 @@ impl WasmPolicy {
         let limits = effective(upstream.sandbox, compiled.requested, interpreted);
         let sandbox = limits.sandbox;
         let label: Arc<str> = format!("{}/{name}", upstream.name).into();
+        let observes = compiled.pre.observes();
         let inner = Arc::new(Inner {
             logs: Arc::new(LogLimiter::new(label.clone())),
             label,
@@ -116,15 +140,11 @@ impl WasmPolicy {
             compiled,
             shared,
             config: upstream.policy_config.clone(),
-            backends: upstream
-                .backends
-                .iter()
-                .map(|b| types::Backend {
-                    name: b.name.clone(),
-                    address: b.address.clone(),
-                    weight: b.weight,
-                })
-                .collect(),
+            first: Arc::new(Members::new(1, &upstream.backends)),
+            next_generation: AtomicU64::new(2),
+            zone: upstream.zone.as_deref().map(Arc::from),
+            outcomes: observes.then(OutcomeLog::default),
+            watched: std::sync::OnceLock::new(),
             sandbox,
             limits,
             ticker: engine.ticker().cloned(),
@@ -136,12 +156,46 @@ impl WasmPolicy {
             next_refill_ns: AtomicU64::new(0),
             health: Health::new(sandbox.max_failures),
         });
-        inner.dry_run(states)?;
+        inner.dry_run(states, &inner.first)?;
         while !inner.spares.is_full() {
             let live = inner.instantiate(inner.shared.clone(), sandbox.timeout)?;
             let _ = inner.spares.push(live);
         }
-        Ok(WasmPolicy { inner })
+        Ok(WasmPolicy {
+            members: inner.first.clone(),
+            inner,
+        })
+    }
+
+    /// Whether this policy can take `upstream` (the same group with
+    /// other backends) by a membership update rather than a new load:
+    /// it exports `membership` and nothing else it was configured with
+    /// changed.
+    pub fn can_update_to(&self, upstream: &UpstreamConfig) -> bool {
+        let i = &self.inner;
+        i.compiled.pre.updates()
+            && i.config == upstream.policy_config
+            && i.sandbox
+                == effective(upstream.sandbox, i.compiled.requested, i.interpreted()).sandbox
+            && i.zone.as_deref() == upstream.zone.as_deref()
+    }
+
+    /// The same policy and instances for `upstream`'s backends: one
+    /// instance is updated and dry-run against `states` first; the others
+    /// are updated before their next call. Requests still using `self`
+    /// from then on go to the fallback.
+    pub fn update_to(
+        &self,
+        upstream: &UpstreamConfig,
+        states: &[BackendState],
+    ) -> Result<WasmPolicy, LoadError> {
+        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let members = Arc::new(Members::new(generation, &upstream.backends));
+        self.inner.dry_run(states, &members)?;
+        Ok(WasmPolicy {
+            inner: self.inner.clone(),
+            members,
+        })
     }
 
     /// Where the policy came from.
@@ -151,14 +205,43 @@ impl WasmPolicy {
 }
 
 impl Inner {
-    fn dry_run(&self, states: &[BackendState]) -> Result<(), LoadError> {
+    fn interpreted(&self) -> bool {
+        limits::interpreted(self.compiled.wasi, self.compiled.size)
+    }
+
+    /// Proves the policy on a fresh instance: two `select`s for a plain
+    /// `GET /` with `states`, the second within the deadline, for
+    /// `members` (after an `update` to them, when they are not the first).
+    fn dry_run(&self, states: &[BackendState], members: &Members) -> Result<(), LoadError> {
         let first = deadline_ticks(FIRST_LOAD_DEADLINE);
         let mut live = self.instantiate(Arc::new(self.shared.snapshot()), FIRST_LOAD_DEADLINE)?;
+        let what = || self.name.clone();
+        let _ = self.watched.set(
+            live.store
+                .data()
+                .v02
+                .watch
+                .iter()
+                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+        );
+        if live.generation != members.generation {
+            self.set_deadline(&mut live.store, first);
+            let refused = |reason| LoadError::DryRun {
+                what: what(),
+                reason,
+            };
+            match live.exports.update(&mut live.store, members) {
+                Ok(Ok(())) => live.generation = members.generation,
+                Ok(Err(why)) => return Err(refused(format!("update refused: {why}"))),
+                Err(e) => return Err(refused(format!("update trapped: {}", describe(&e)))),
+            }
+        }
         let mut req = RequestView::placeholder();
         req.parts.uri = http::Uri::from_static("/");
-        let what = || self.name.clone();
+        req.attempt = 1;
         for ticks in [first, self.call_ticks] {
-            if let Err(failure) = self.call(&mut live, &mut req, states, ticks) {
+            if let Err(failure) = self.call(&mut live, members, &req, states, ticks) {
                 let reason = match failure {
                     PolicyFailure::Timeout if ticks == self.call_ticks => format!(
                         "ran past policy-timeout ({:?}) on its second call",
@@ -186,6 +269,8 @@ impl Inner {
             consecutive_failures: self.health.consecutive(),
             memory: (self.sandbox.memory, self.limits.memory_from),
             timeout: (self.sandbox.timeout, self.limits.timeout_from),
+            contract: self.compiled.pre.contract(),
+            exports: self.compiled.pre.exports(),
         }
     }
 
@@ -218,13 +303,7 @@ impl Inner {
     ) -> Result<Live, LoadError> {
         let what = || self.name.clone();
         let ticks = deadline_ticks(limit);
-        let timed_out = |e: &wasmtime::Error| {
-            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-                format!("ran past its time limit ({limit:?}) while instantiating or in configure")
-            } else {
-                describe(e)
-            }
-        };
+        let timed_out = |e: &wasmtime::Error| setup_failure(e, limit);
         let mut store = Store::new(
             self.compiled.pre.engine(),
             HostState::new(
@@ -234,12 +313,13 @@ impl Inner {
                 self.logs.clone(),
             ),
         );
+        store.data_mut().v02.zone = self.zone.clone();
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         if self.ticker.is_some() {
             store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().deadline.on_deadline()));
         }
         self.set_deadline(&mut store, ticks);
-        let world = self
+        let exports = self
             .compiled
             .pre
             .instantiate(&mut store)
@@ -248,9 +328,9 @@ impl Inner {
                 reason: timed_out(&e),
             })?;
         self.set_deadline(&mut store, ticks);
-        world
-            .switchyard_policy_selector()
-            .call_configure(&mut store, &self.config, &self.backends)
+        let members = &self.first;
+        exports
+            .configure(&mut store, &self.config, members)
             .map_err(|e| LoadError::Trap {
                 what: what(),
                 reason: timed_out(&e),
@@ -261,44 +341,62 @@ impl Inner {
             })?;
         Ok(Live {
             store,
-            world,
-            scratch: Vec::with_capacity(self.backends.len()),
+            exports,
+            scratch: Vec::with_capacity(members.len()),
+            last: LastHealth::default(),
+            generation: members.generation,
+            // From the start: its first call brings the group's recent
+            // outcomes, so a replacement instance does not start blind.
+            seen: 0,
+            observed: Vec::new(),
         })
     }
 
-    /// One `select` on `live`, with the request lent to the store.
+    /// One call on `live` for the request `req`: first, under the same
+    /// deadline, the membership update and the outcomes it has not seen.
     fn call(
         &self,
         live: &mut Live,
-        req: &mut RequestView,
+        members: &Members,
+        req: &RequestView,
         states: &[BackendState],
         ticks: u64,
     ) -> Result<Decision, PolicyFailure> {
-        live.scratch.clear();
-        live.scratch
-            .extend(states.iter().map(|s| types::BackendState {
-                healthy: s.healthy,
-                in_flight: s.in_flight,
-                latency_ewma_us: s.latency_ewma_us,
-            }));
         self.set_deadline(&mut live.store, ticks);
-        std::mem::swap(&mut live.store.data_mut().request, req);
+        let failed =
+            |live: &Live, e: &wasmtime::Error| classify(e, live.store.data().memory_exceeded);
+        if live.generation != members.generation {
+            match live.exports.update(&mut live.store, members) {
+                Ok(Ok(())) => {
+                    live.generation = members.generation;
+                    live.last.reset();
+                }
+                Ok(Err(why)) => return Err(PolicyFailure::Stale(why)),
+                Err(e) => return Err(failed(live, &e)),
+            }
+        }
+        if let Some(log) = &self.outcomes {
+            live.seen = log.since(live.seen, members, &mut live.observed);
+            if !live.observed.is_empty()
+                && let Err(e) = live.exports.observe(&mut live.store, &live.observed)
+            {
+                return Err(failed(live, &e));
+            }
+        }
+        // SAFETY: the loan ends below, before `req` can be used again; a
+        // panic in a host function is caught first.
+        unsafe { live.store.data_mut().request.lend(req) };
         let Live {
             store,
-            world,
+            exports,
             scratch,
+            last,
+            ..
         } = live;
-        let call = || {
-            world.switchyard_policy_selector().call_select(
-                &mut *store,
-                Resource::new_borrow(0),
-                scratch,
-            )
-        };
-        // A panic in a host function must not lose the request head lent
-        // to the store.
-        let result = catch_unwind(AssertUnwindSafe(call));
-        std::mem::swap(&mut store.data_mut().request, req);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            exports.select(store, states, scratch, last)
+        }));
+        store.data_mut().request.end();
         match result {
             Err(panic) => Err(PolicyFailure::Trap(format!(
                 "a host function panicked: {}",
@@ -306,10 +404,7 @@ impl Inner {
             ))),
             Ok(Err(e)) => Err(classify(&e, store.data().memory_exceeded)),
             Ok(Ok(Err(message))) => Err(PolicyFailure::Error(message)),
-            Ok(Ok(Ok(d))) => Ok(Decision {
-                backend: d.backend,
-                set_cookie: d.set_cookie.map(cookie_spec),
-            }),
+            Ok(Ok(Ok(d))) => Ok(d),
         }
     }
 
@@ -368,14 +463,15 @@ impl Inner {
 
     fn select_here(
         self: &Arc<Self>,
-        req: &mut RequestView,
+        members: &Members,
+        req: &RequestView,
         states: &[BackendState],
     ) -> Result<Decision, PolicyFailure> {
         if self.health.skip() {
             return Err(PolicyFailure::Skipped);
         }
         if self.compiled.wasi {
-            return self.select_pooled(req, states);
+            return self.select_pooled(members, req, states);
         }
         let cell = self.instances.get_or(|| RefCell::new(Slot::default()));
         let Ok(mut slot) = cell.try_borrow_mut() else {
@@ -396,7 +492,7 @@ impl Inner {
                 }
             },
         };
-        let result = self.call(live, req, states, self.call_ticks);
+        let result = self.call(live, members, req, states, self.call_ticks);
         if dead(&result) {
             // A trapped instance cannot be entered again.
             slot.live = None;
@@ -410,69 +506,19 @@ impl Inner {
     /// pool for the call and put back after, rather than kept per thread.
     fn select_pooled(
         self: &Arc<Self>,
-        req: &mut RequestView,
+        members: &Members,
+        req: &RequestView,
         states: &[BackendState],
     ) -> Result<Decision, PolicyFailure> {
         let Some(mut live) = self.spares.pop() else {
             self.refill();
             return Err(PolicyFailure::Warming);
         };
-        let result = self.call(&mut live, req, states, self.call_ticks);
+        let result = self.call(&mut live, members, req, states, self.call_ticks);
         if dead(&result) || self.spares.push(live).is_err() {
             self.refill();
         }
         result
-    }
-}
-
-/// Whether a call left its instance unusable (a trapped instance cannot be
-/// entered again).
-fn dead(result: &Result<Decision, PolicyFailure>) -> bool {
-    matches!(
-        result,
-        Err(PolicyFailure::Trap(_) | PolicyFailure::Timeout | PolicyFailure::Memory(_))
-    )
-}
-
-/// Whether this thread is a worker of a multi-threaded Tokio runtime, the
-/// only place `block_in_place` may (and must) be used.
-fn on_runtime_worker() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
-
-/// Names what went wrong in a failed call.
-fn classify(err: &wasmtime::Error, memory_exceeded: bool) -> PolicyFailure {
-    if memory_exceeded {
-        PolicyFailure::Memory(describe(err))
-    } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        PolicyFailure::Timeout
-    } else {
-        PolicyFailure::Trap(describe(err))
-    }
-}
-
-fn cookie_spec(c: types::SetCookie) -> CookieSpec {
-    CookieSpec {
-        name: c.name,
-        value: c.value,
-        path: c.path,
-        max_age: c.max_age,
-        http_only: c.http_only,
-        secure: c.secure,
-        same_site: c.same_site.map(|s| match s {
-            types::SameSite::Strict => SameSite::Strict,
-            types::SameSite::Lax => SameSite::Lax,
-            types::SameSite::None => SameSite::None,
-        }),
     }
 }
 
@@ -486,9 +532,9 @@ impl Policy for WasmPolicy {
         // worker may not do: step out of the worker for policies that
         // import WASI.
         if self.inner.compiled.wasi && on_runtime_worker() {
-            tokio::task::block_in_place(|| self.inner.select_here(req, states))
+            tokio::task::block_in_place(|| self.inner.select_here(&self.members, req, states))
         } else {
-            self.inner.select_here(req, states)
+            self.inner.select_here(&self.members, req, states)
         }
     }
 
@@ -507,6 +553,31 @@ impl Policy for WasmPolicy {
                 .health
                 .settle(&self.inner.label, &mut Record::default(), verdict),
         }
+    }
+
+    fn observe(&self, outcome: Observed) {
+        if let Some(log) = &self.inner.outcomes {
+            log.push(outcome);
+        }
+    }
+
+    fn watched_headers(&self) -> &[http::HeaderName] {
+        self.inner.watched.get().map_or(&[], Vec::as_slice)
+    }
+
+    fn contract(&self) -> &'static str {
+        self.inner.compiled.pre.contract()
+    }
+
+    fn update_to(
+        &self,
+        upstream: &UpstreamConfig,
+        states: &[BackendState],
+    ) -> Option<Result<Box<dyn Policy>, LoadError>> {
+        if !self.can_update_to(upstream) {
+            return None;
+        }
+        Some(WasmPolicy::update_to(self, upstream, states).map(|p| Box::new(p) as Box<dyn Policy>))
     }
 
     fn name(&self) -> &str {

@@ -163,3 +163,10 @@ impl OutputStream for LineLogger {
 impl Pollable for LineLogger {
     async fn ready(&mut self) {}
 }
+
+/// Whether this thread is a worker of a multi-threaded Tokio runtime, the
+/// only place `block_in_place` may (and must) be used.
+pub fn on_runtime_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}

@@ -132,9 +132,28 @@ pub async fn forward(
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_error = String::new();
     let mut all_busy = true;
-    while let Some(choice) = upstream.choose(&**policy, &mut view, &tried) {
-        let index = choice.backend;
-        let attempt_no = tried.len() as u32 + 1;
+    // The policy's ranked fallbacks of its last answer: tried, in order,
+    // before it is asked again.
+    let mut ranked: SmallVec<[usize; 4]> = SmallVec::new();
+    let mut set_cookie;
+    loop {
+        view.attempt = tried.len() as u32 + 1;
+        let index = match upstream.next_ranked(&mut ranked, &tried) {
+            Some(i) => {
+                // The decision's cookie named its first backend.
+                set_cookie = None;
+                i
+            }
+            None => {
+                let Some(choice) = upstream.choose(&**policy, &mut view, &tried) else {
+                    break;
+                };
+                ranked = choice.ranked;
+                set_cookie = choice.set_cookie;
+                choice.backend
+            }
+        };
+        let attempt_no = view.attempt;
         // Boxed: the attempt's state (connection wait, send, timers) is
         // most of a request's future, which is moved whole when a task is
         // spawned for it.
@@ -146,12 +165,13 @@ pub async fn forward(
         ));
         let failed = match sending.await {
             Ok(a) => {
+                let watched = watched(policy.watched_headers(), a.resp.headers());
                 return answered(
                     upstream,
-                    index,
-                    attempt_no,
+                    (index, attempt_no),
                     a,
-                    choice.set_cookie,
+                    set_cookie,
+                    watched,
                     &mut extras,
                 );
             }
@@ -187,10 +207,10 @@ pub async fn forward(
 /// a `101`, a tunnel (`502` if the request asked for no upgrade).
 fn answered(
     upstream: &Arc<Upstream>,
-    index: usize,
-    attempt_no: u32,
+    (index, attempt_no): (usize, u32),
     a: Answered,
     set_cookie: Option<HeaderValue>,
+    watched: Vec<Option<String>>,
     extras: &mut Extras,
 ) -> Answer {
     let backend = &upstream.backends[index];
@@ -200,6 +220,7 @@ fn answered(
         status: Some(a.resp.status()),
         headers_after: Some(a.took),
         attempt: attempt_no,
+        watched,
         ..Outcome::default()
     };
     let resp = if a.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -247,6 +268,14 @@ fn answered(
         backend: Some(index),
         upstream_time: Some(a.took),
     }
+}
+
+/// The values of the response headers a policy watches, in its order.
+fn watched(names: &[http::HeaderName], headers: &http::HeaderMap) -> Vec<Option<String>> {
+    names
+        .iter()
+        .map(|n| crate::policy::joined_header(headers, n.as_str()))
+        .collect()
 }
 
 /// Reports a failed attempt and says what to do next.

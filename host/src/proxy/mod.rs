@@ -153,6 +153,7 @@ impl Proxy {
             parts,
             client_ip: ip,
             https: client.https,
+            attempt: 1,
         };
         let extras = Extras {
             upgrade: upgrade.map(|u| u.1),

@@ -22,9 +22,38 @@ pub struct BackendStats {
     fails: AtomicU32,
     window_start_ns: AtomicU64,
     down_until_ns: AtomicU64,
+    /// When it joined, or last came back from failing active checks.
+    since_ns: AtomicU64,
+    /// Failures since the last success.
+    consecutive: AtomicU32,
 }
 
 impl BackendStats {
+    /// Numbers for a backend that joins at `now`.
+    pub fn joined(now: u64) -> BackendStats {
+        BackendStats {
+            since_ns: AtomicU64::new(now),
+            ..BackendStats::default()
+        }
+    }
+
+    /// When the backend last became usable (joined, or came back after
+    /// being marked down by either kind of health), if it is usable at
+    /// `now`; 0 if it is not.
+    pub fn healthy_since(&self, now: u64) -> u64 {
+        if !self.healthy(now) {
+            return 0;
+        }
+        self.since_ns
+            .load(Ordering::Relaxed)
+            .max(self.down_until_ns.load(Ordering::Relaxed))
+    }
+
+    /// Failed attempts since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
     /// Whether the backend is usable at `now`: not failing active checks
     /// and not marked down by passive health.
     pub fn healthy(&self, now: u64) -> bool {
@@ -34,7 +63,10 @@ impl BackendStats {
 
     /// Records the verdict of active health checks.
     pub fn set_check_failing(&self, failing: bool) {
-        self.checks_failing.store(failing, Ordering::Relaxed);
+        if self.checks_failing.swap(failing, Ordering::Relaxed) && !failing {
+            self.since_ns
+                .store(crate::policy::monotonic_ns(), Ordering::Relaxed);
+        }
     }
 
     /// Forgets passive failures: an active check that sees the backend come
@@ -69,6 +101,7 @@ impl BackendStats {
     /// down: `max_fails` failures within `fail_timeout` take it out for
     /// `fail_timeout` (a `max_fails` of 0 never does).
     pub(super) fn record_failure(&self, now: u64, max_fails: u32, fail_timeout: Duration) -> bool {
+        self.consecutive.fetch_add(1, Ordering::Relaxed);
         if max_fails == 0 {
             return false;
         }
@@ -94,6 +127,9 @@ impl BackendStats {
     pub(super) fn record_success(&self, latency: Duration) {
         if self.fails.load(Ordering::Relaxed) != 0 {
             self.fails.store(0, Ordering::Relaxed);
+        }
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
         }
         let sample = latency.as_micros().min(u128::from(u32::MAX)) as i64;
         let old = i64::from(self.latency_ewma_us.load(Ordering::Relaxed));
@@ -176,6 +212,18 @@ mod tests {
             assert!(!s.record_failure(t * SEC, 0, Duration::from_secs(10)));
         }
         assert!(s.healthy(10 * SEC));
+    }
+
+    #[test]
+    fn healthy_since_is_the_join_or_the_end_of_the_last_down_mark() {
+        let s = BackendStats::joined(2 * SEC);
+        assert_eq!(s.healthy_since(3 * SEC), 2 * SEC);
+        assert!(s.record_failure(5 * SEC, 1, Duration::from_secs(10)));
+        assert_eq!(s.consecutive_failures(), 1);
+        assert_eq!(s.healthy_since(6 * SEC), 0);
+        assert_eq!(s.healthy_since(16 * SEC), 15 * SEC);
+        s.record_success(Duration::from_micros(100));
+        assert_eq!(s.consecutive_failures(), 0);
     }
 
     #[test]

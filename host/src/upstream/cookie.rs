@@ -27,6 +27,19 @@ pub(super) fn render(c: CookieSpec) -> Result<http::HeaderValue, PolicyFailure> 
         return Err(PolicyFailure::BadCookie(format!("path {path:?}")));
     }
     let mut out = format!("{}={}; Path={path}", c.name, c.value);
+    if let Some(domain) = &c.domain {
+        // A host name: letters, digits, `-` and `.`, nothing to add an
+        // attribute with.
+        let host = domain.strip_prefix('.').unwrap_or(domain);
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(PolicyFailure::BadCookie(format!("domain {domain:?}")));
+        }
+        out.push_str(&format!("; Domain={host}"));
+    }
     if let Some(age) = c.max_age {
         out.push_str(&format!("; Max-Age={age}"));
     }
@@ -54,6 +67,7 @@ mod tests {
             name: name.into(),
             value: value.into(),
             path: None,
+            domain: None,
             max_age: None,
             http_only: true,
             secure: false,
@@ -80,5 +94,20 @@ mod tests {
         let mut c = cookie("a", "x");
         c.path = Some("/; Secure".into());
         assert!(render(c).is_err());
+        let mut c = cookie("a", "x");
+        c.domain = Some("example.com; Secure".into());
+        assert!(render(c).is_err());
+    }
+
+    #[test]
+    fn a_domain_is_a_host_name() {
+        let mut c = cookie("a", "x");
+        c.domain = Some(".shop.example".into());
+        c.http_only = false;
+        c.same_site = None;
+        assert_eq!(
+            render(c).unwrap().to_str().unwrap(),
+            "a=x; Path=/; Domain=shop.example"
+        );
     }
 }

@@ -119,6 +119,9 @@ pub struct UpstreamMetrics {
     pub failed_swaps: Counter,
     /// Requests that found every backend at `max-connections-per-backend`.
     pub busy: Counter,
+    /// Attempts sent to a backend the policy ranked, without asking it
+    /// again.
+    pub ranked: Counter,
 }
 
 impl UpstreamMetrics {

@@ -33,7 +33,9 @@ pub use outcome::{FailureKind, Outcome};
 pub use registry::BackendRegistry;
 
 use crate::config::UpstreamConfig;
-use crate::policy::{BackendState, Decision, Policy, PolicyFailure, RequestView, RoundRobin};
+use crate::policy::{
+    BackendState, Decision, Observed, Policy, PolicyFailure, RequestView, RoundRobin,
+};
 use counters::UpstreamMetrics;
 
 /// Nanoseconds on the proxy's monotonic clock.
@@ -50,6 +52,11 @@ pub struct Choice {
     pub set_cookie: Option<http::HeaderValue>,
     /// Set when the policy failed and the fallback chose.
     pub fallback: Option<PolicyFailure>,
+    /// More backends the policy ranked, best first, to try before asking
+    /// it again (in range; health is checked when one is used).
+    pub ranked: SmallVec<[usize; 4]>,
+    /// The policy's reason for the choice, if it gave one.
+    pub reason: Option<String>,
 }
 
 /// The policy currently serving a group; swapped whole on a hot swap.
@@ -84,6 +91,8 @@ pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 
             healthy: !tried.contains(&i) && b.stats.healthy(now),
             in_flight: b.stats.in_flight(),
             latency_ewma_us: b.stats.latency_ewma_us(),
+            healthy_since_ns: b.stats.healthy_since(now),
+            consecutive_failures: b.stats.consecutive_failures(),
         })
         .collect();
     let primary_up = backends
@@ -103,19 +112,28 @@ pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 
     states
 }
 
-/// Accepts a decision only if it names a healthy backend and a valid cookie.
-fn validate(
-    decision: Decision,
-    states: &[BackendState],
-) -> Result<(usize, Option<http::HeaderValue>), PolicyFailure> {
+/// Accepts a decision only if it names a healthy backend and a valid
+/// cookie; ranked fallbacks out of range are dropped.
+fn validate(decision: Decision, states: &[BackendState]) -> Result<Choice, PolicyFailure> {
     let index = decision.backend;
     match states.get(index as usize) {
         None => return Err(PolicyFailure::OutOfRange(index)),
         Some(s) if !s.healthy => return Err(PolicyFailure::UnhealthyChoice(index)),
         Some(_) => {}
     }
-    let cookie = decision.set_cookie.map(cookie::render).transpose()?;
-    Ok((index as usize, cookie))
+    let set_cookie = decision.set_cookie.map(cookie::render).transpose()?;
+    Ok(Choice {
+        backend: index as usize,
+        set_cookie,
+        fallback: None,
+        ranked: decision
+            .fallbacks
+            .iter()
+            .map(|&i| i as usize)
+            .filter(|&i| i < states.len() && i != index as usize)
+            .collect(),
+        reason: decision.reason,
+    })
 }
 
 impl Upstream {
@@ -171,23 +189,28 @@ impl Upstream {
         let result = policy.select(req, &states);
         self.metrics.decision_seconds.observe(started.elapsed());
         let result = result.and_then(|d| validate(d, &states));
+        let not_called = |f: &PolicyFailure| {
+            matches!(
+                f,
+                PolicyFailure::Skipped | PolicyFailure::Warming | PolicyFailure::Stale(_)
+            )
+        };
         match &result {
             Ok(_) => policy.settle(Ok(())),
-            Err(PolicyFailure::Skipped | PolicyFailure::Warming) => {}
+            Err(f) if not_called(f) => {}
             Err(f) => policy.settle(Err(f)),
         }
         match result {
-            Ok((backend, set_cookie)) => {
+            Ok(choice) => {
                 self.metrics.decisions.inc();
-                Some(Choice {
-                    backend,
-                    set_cookie,
-                    fallback: None,
-                })
+                if let Some(reason) = &choice.reason {
+                    tracing::debug!(upstream = %self.name, backend = %self.backends[choice.backend].name, "policy chose: {reason}");
+                }
+                Some(choice)
             }
             Err(failure) => {
                 self.metrics.failure(&failure);
-                if !matches!(failure, PolicyFailure::Skipped | PolicyFailure::Warming) {
+                if !not_called(&failure) {
                     self.warn_rate_limited(policy, &failure);
                 }
                 let backend = self.fallback.pick(&states)?;
@@ -195,9 +218,25 @@ impl Upstream {
                     backend,
                     set_cookie: None,
                     fallback: Some(failure),
+                    ranked: SmallVec::new(),
+                    reason: None,
                 })
             }
         }
+    }
+
+    /// The next backend the policy ranked for this request that can take
+    /// it now (untried and healthy), taken off `choice.ranked`.
+    pub fn next_ranked(&self, ranked: &mut SmallVec<[usize; 4]>, tried: &[usize]) -> Option<usize> {
+        let states = states(&self.backends, tried);
+        while !ranked.is_empty() {
+            let i = ranked.remove(0);
+            if states.get(i).is_some_and(|s| s.healthy) {
+                self.metrics.ranked.inc();
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Takes the outcome of one attempt on backend `index`: passive health
@@ -208,11 +247,11 @@ impl Upstream {
             return;
         };
         match outcome.failure {
+            Some(kind) if !kind.is_backend_failure() => {
+                backend.metrics.failures[kind.index()].inc();
+            }
             Some(kind) => {
                 backend.metrics.failures[kind.index()].inc();
-                if !kind.is_backend_failure() {
-                    return;
-                }
                 let cfg = &self.config;
                 if backend
                     .stats
@@ -229,6 +268,16 @@ impl Upstream {
                 }
             }
         }
+        self.policy.load().observe(Observed {
+            backend: backend.name.clone(),
+            attempt: outcome.attempt,
+            status: outcome.status.map(|s| s.as_u16()),
+            failure: outcome.failure.map(FailureKind::for_policy),
+            headers_us: outcome.headers_after.map(|d| d.as_micros() as u64),
+            body_us: outcome.body_after.map(|d| d.as_micros() as u64),
+            ended_ns: now_ns(),
+            headers: outcome.watched.clone(),
+        });
     }
 
     /// Logs a policy failure at most once a second per upstream.
@@ -256,27 +305,26 @@ mod tests {
     fn state(healthy: bool) -> BackendState {
         BackendState {
             healthy,
-            in_flight: 0,
-            latency_ewma_us: 0,
+            ..BackendState::default()
         }
     }
 
     #[test]
     fn decisions_must_name_a_healthy_backend_in_range() {
         let states = [state(true), state(false)];
-        let d = |backend| Decision {
-            backend,
-            set_cookie: None,
-        };
-        assert_eq!(validate(d(0), &states).unwrap().0, 0);
+        assert_eq!(validate(Decision::to(0), &states).unwrap().backend, 0);
         assert_eq!(
-            validate(d(1), &states),
-            Err(PolicyFailure::UnhealthyChoice(1))
+            validate(Decision::to(1), &states).unwrap_err(),
+            PolicyFailure::UnhealthyChoice(1)
         );
         assert_eq!(
-            validate(d(9999), &states),
-            Err(PolicyFailure::OutOfRange(9999))
+            validate(Decision::to(9999), &states).unwrap_err(),
+            PolicyFailure::OutOfRange(9999)
         );
+        // Ranked fallbacks out of range (or the choice itself) are dropped.
+        let mut d = Decision::to(0);
+        d.fallbacks = [1, 0, 7].into_iter().collect();
+        assert_eq!(validate(d, &states).unwrap().ranked.as_slice(), &[1]);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::policy::AttemptFailure;
+
 /// Why an attempt on a backend did not end in a complete response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -68,6 +70,22 @@ impl FailureKind {
             .unwrap_or(0)
     }
 
+    /// How a policy is told it.
+    pub fn for_policy(self) -> AttemptFailure {
+        match self {
+            FailureKind::Connect => AttemptFailure::ConnectFailed,
+            FailureKind::ConnectTimeout => AttemptFailure::ConnectTimeout,
+            FailureKind::Lost => AttemptFailure::ConnectionLost,
+            FailureKind::ResponseTimeout => AttemptFailure::ResponseTimeout,
+            FailureKind::ReadTimeout => AttemptFailure::ReadTimeout,
+            FailureKind::BodyBroken => AttemptFailure::BodyBroken,
+            FailureKind::Protocol => AttemptFailure::Protocol,
+            FailureKind::TooLarge => AttemptFailure::TooLarge,
+            FailureKind::Busy => AttemptFailure::Busy,
+            FailureKind::ClientGone => AttemptFailure::ClientGone,
+        }
+    }
+
     /// Whether it says the backend is failing (passive health counts it).
     pub fn is_backend_failure(self) -> bool {
         !matches!(
@@ -92,4 +110,7 @@ pub struct Outcome {
     pub failure: Option<FailureKind>,
     /// 1 for the first attempt of a request, 2 for its first retry...
     pub attempt: u32,
+    /// The response headers the policy watches, in its order (empty when
+    /// it watches none).
+    pub watched: Vec<Option<String>>,
 }

@@ -49,7 +49,12 @@ impl BackendRegistry {
                 weight: b.weight,
                 backup: b.backup,
                 h2: b.h2,
-                stats: stats.entry(b.socket_addr).or_default().clone(),
+                stats: stats
+                    .entry(b.socket_addr)
+                    .or_insert_with(|| {
+                        Arc::new(BackendStats::joined(crate::policy::monotonic_ns()))
+                    })
+                    .clone(),
                 pool: pools
                     .entry((
                         b.socket_addr,

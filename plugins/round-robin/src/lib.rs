@@ -7,7 +7,7 @@
 //! (so one table can serve a group whose policy is switched back and forth).
 
 use switchyard_policy_sdk::{
-    Backend, BackendState, Config, Counter, Decision, Policy, Request, export_policy, nth_healthy,
+    Backend, BackendHealth, Config, Counter, Decision, Policy, Request, export_policy, nth_healthy,
 };
 
 /// Round-robin over healthy backends.
@@ -23,7 +23,7 @@ impl Policy for RoundRobin {
         })
     }
 
-    fn select(&mut self, _req: &Request, backends: &[BackendState]) -> Result<Decision, String> {
+    fn select(&mut self, _req: &Request, backends: &[BackendHealth]) -> Result<Decision, String> {
         let n = self.position.fetch_add(1);
         nth_healthy(backends, n)
             .map(Decision::to)

@@ -7,7 +7,7 @@
 //! appears), every proxy with the same config agrees, and heavier backends
 //! win proportionally more keys.
 
-use crate::BackendState;
+use crate::BackendHealth;
 
 /// 64-bit FNV-1a over several byte strings, finished with SplitMix64's
 /// mixer: stable across builds, languages and machines.
@@ -45,7 +45,7 @@ impl ConsistentHash {
     }
 
     /// The healthy backend `key` belongs to, if any is healthy.
-    pub fn pick(&self, key: &[u8], backends: &[BackendState]) -> Option<usize> {
+    pub fn pick(&self, key: &[u8], backends: &[BackendHealth]) -> Option<usize> {
         let mut best: Option<(usize, f64)> = None;
         for (i, state) in backends.iter().enumerate() {
             if !state.healthy || i >= self.names.len() {

@@ -59,6 +59,7 @@ impl CookieRouter {
 ///
 /// - `cookie`: the name (default given by the policy);
 /// - `path`: default `/`;
+/// - `domain`: default none (the cookie goes back to the host that set it);
 /// - `max-age`: seconds, default none (a session cookie);
 /// - `secure`: `true`, `false` or `auto` (default: only over HTTPS);
 /// - `http-only`: default `true`;
@@ -68,6 +69,7 @@ pub struct CookieSpec {
     /// The cookie's name.
     pub name: String,
     path: String,
+    domain: Option<String>,
     max_age: Option<u64>,
     secure: Option<bool>,
     http_only: bool,
@@ -79,6 +81,7 @@ impl CookieSpec {
     pub const KEYS: &'static [&'static str] = &[
         "cookie",
         "path",
+        "domain",
         "max-age",
         "secure",
         "http-only",
@@ -101,6 +104,15 @@ impl CookieSpec {
         let path = config.get("path").unwrap_or("/").to_string();
         if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
             return Err(format!("policy-config.path: {path:?} is not a cookie path"));
+        }
+        let domain = config.get("domain").map(str::to_string);
+        if let Some(d) = &domain
+            && (d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+        {
+            return Err(format!("policy-config.domain: {d:?} is not a host name"));
         }
         let secure = match config.get("secure").unwrap_or("auto") {
             "auto" => None,
@@ -125,6 +137,7 @@ impl CookieSpec {
         Ok(CookieSpec {
             name,
             path,
+            domain,
             max_age: config.parse("max-age")?,
             secure,
             http_only: config.parse_or("http-only", true)?,
@@ -138,6 +151,7 @@ impl CookieSpec {
             name: self.name.clone(),
             value: value.to_string(),
             path: Some(self.path.clone()),
+            domain: self.domain.clone(),
             max_age: self.max_age,
             http_only: self.http_only,
             secure: self.secure.unwrap_or(https),

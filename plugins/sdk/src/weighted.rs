@@ -8,7 +8,7 @@
 //! `schedule[n % period]` with `n` from a shared counter: every instance and
 //! thread then follows one exact sequence without sharing `current`.
 
-use crate::BackendState;
+use crate::BackendHealth;
 
 /// Above this period (after dividing the weights by their common factor) the
 /// schedule is not tabulated; picks are then proportional but not smooth.
@@ -78,7 +78,7 @@ impl Period {
         }
     }
 
-    fn matches(&self, states: &[BackendState]) -> bool {
+    fn matches(&self, states: &[BackendHealth]) -> bool {
         self.usable.len() == states.len()
             && self.usable.iter().zip(states).all(|(&u, s)| u == s.healthy)
     }
@@ -125,7 +125,7 @@ impl WeightedSchedule {
 
     /// The backend for sequence number `n` among the healthy `states`, or
     /// `None` when no healthy backend has a weight above zero.
-    pub fn pick(&mut self, states: &[BackendState], n: u64) -> Option<usize> {
+    pub fn pick(&mut self, states: &[BackendHealth], n: u64) -> Option<usize> {
         if self.all.matches(states) {
             return self.all.pick(n);
         }

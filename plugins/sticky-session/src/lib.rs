@@ -8,11 +8,11 @@
 //! set), so proxies with the same config agree without sharing anything.
 //!
 //! `policy-config` keys, all optional: `cookie` (default `sy-backend`),
-//! `secret`, and the cookie attributes `path`, `max-age`, `secure`,
+//! `secret`, and the cookie attributes `path`, `domain`, `max-age`, `secure`,
 //! `http-only`, `same-site` (see the SDK's `CookieSpec`).
 
 use switchyard_policy_sdk::{
-    Backend, BackendState, Config, CookieRouter, CookieSpec, Counter, Decision, Policy, Request,
+    Backend, BackendHealth, Config, CookieRouter, CookieSpec, Counter, Decision, Policy, Request,
     WeightedSchedule, export_policy,
 };
 
@@ -43,7 +43,7 @@ impl Policy for Sticky {
         })
     }
 
-    fn select(&mut self, req: &Request, backends: &[BackendState]) -> Result<Decision, String> {
+    fn select(&mut self, req: &Request, backends: &[BackendHealth]) -> Result<Decision, String> {
         if let Some(value) = req.cookie(&self.cookie.name)
             && let Some(i) = self.router.lookup(&value)
             && backends.get(i).is_some_and(|b| b.healthy)
@@ -55,13 +55,10 @@ impl Policy for Sticky {
             .schedule
             .pick(backends, n)
             .ok_or_else(|| "no healthy backend".to_string())?;
-        Ok(Decision {
-            backend: chosen as u32,
-            set_cookie: Some(
-                self.cookie
-                    .set(self.router.token(chosen), req.scheme() == "https"),
-            ),
-        })
+        Ok(Decision::to(chosen).with_cookie(
+            self.cookie
+                .set(self.router.token(chosen), req.scheme() == "https"),
+        ))
     }
 }
 

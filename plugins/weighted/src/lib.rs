@@ -8,7 +8,7 @@
 //! as unused (so one table can serve a group whose policy is switched).
 
 use switchyard_policy_sdk::{
-    Backend, BackendState, Config, Counter, Decision, Policy, Request, WeightedSchedule,
+    Backend, BackendHealth, Config, Counter, Decision, Policy, Request, WeightedSchedule,
     export_policy,
 };
 
@@ -27,7 +27,7 @@ impl Policy for Weighted {
         })
     }
 
-    fn select(&mut self, _req: &Request, backends: &[BackendState]) -> Result<Decision, String> {
+    fn select(&mut self, _req: &Request, backends: &[BackendHealth]) -> Result<Decision, String> {
         let n = self.position.fetch_add(1);
         self.schedule
             .pick(backends, n)
