@@ -11,20 +11,21 @@
 #include "policy.h"
 
 // Per instance; rebuilt by `configure` in every new instance.
-static bool *canary = NULL; // canary[i]: backend i is a canary
+static bool *canary = NULL;  // canary[i]: backend i is a canary
+static bool *healthy = NULL; // healthy[i]: as `select` was last told
 static size_t backend_count = 0;
 // Shared by every instance: round-robin positions, [0] stable, [1] canary.
-static switchyard_policy_host_own_counter_t turn[2];
+static uint32_t turn[2];
 
 static bool fail(policy_string_t *err, const char *message) {
     policy_string_dup(err, message);
     return false;
 }
 
-static switchyard_policy_host_own_counter_t counter(const char *name) {
+static uint32_t counter(const char *name) {
     policy_string_t n;
     policy_string_set(&n, name);
-    return switchyard_policy_host_constructor_counter(&n);
+    return switchyard_policy_host_counter(&n);
 }
 
 bool exports_switchyard_policy_selector_configure(
@@ -33,8 +34,10 @@ bool exports_switchyard_policy_selector_configure(
     policy_string_t *err) {
     bool ok = config->len == 0 || fail(err, "this policy takes no policy-config keys");
     free(canary);
+    free(healthy);
     backend_count = backends->len;
     canary = calloc(backend_count ? backend_count : 1, sizeof(bool));
+    healthy = calloc(backend_count ? backend_count : 1, sizeof(bool));
     bool any = false;
     for (size_t i = 0; i < backend_count; i++) {
         policy_string_t *name = &backends->ptr[i].name;
@@ -53,36 +56,38 @@ bool exports_switchyard_policy_selector_configure(
     return ok;
 }
 
+// `maybe_health` is NULL when the backends' health is what this instance
+// was told last time.
 bool exports_switchyard_policy_selector_select(
-    exports_switchyard_policy_selector_borrow_request_t req,
-    exports_switchyard_policy_selector_list_backend_state_t *backends,
-    exports_switchyard_policy_selector_decision_t *ret,
+    exports_switchyard_policy_selector_list_backend_health_t *maybe_health,
+    uint32_t *ret,
     policy_string_t *err) {
+    if (maybe_health != NULL) {
+        for (size_t i = 0; i < backend_count; i++) {
+            healthy[i] = i < maybe_health->len && maybe_health->ptr[i].healthy;
+        }
+        exports_switchyard_policy_selector_list_backend_health_free(maybe_health);
+    }
     policy_string_t name, value;
     policy_string_set(&name, "x-canary");
     bool want = false;
-    if (switchyard_policy_types_method_request_header(req, &name, &value)) {
+    if (switchyard_policy_request_header(&name, &value)) {
         want = value.len == 1 && value.ptr[0] == '1';
         policy_string_free(&value);
     }
     size_t eligible = 0;
-    for (size_t i = 0; i < backends->len && i < backend_count; i++) {
-        eligible += backends->ptr[i].healthy && canary[i] == want;
+    for (size_t i = 0; i < backend_count; i++) {
+        eligible += healthy[i] && canary[i] == want;
     }
-    bool ok = eligible > 0;
-    if (!ok) {
-        fail(err, "no healthy backend in this group");
-    } else {
-        uint64_t n = switchyard_policy_host_method_counter_fetch_add(
-                         switchyard_policy_host_borrow_counter(turn[want]), 1) % eligible;
-        for (size_t i = 0; i < backends->len && i < backend_count; i++) {
-            if (backends->ptr[i].healthy && canary[i] == want && n-- == 0) {
-                ret->backend = (uint32_t)i;
-                break;
-            }
+    if (eligible == 0) {
+        return fail(err, "no healthy backend in this group");
+    }
+    uint64_t n = switchyard_policy_host_counter_add(turn[want], 1) % eligible;
+    for (size_t i = 0; i < backend_count; i++) {
+        if (healthy[i] && canary[i] == want && n-- == 0) {
+            *ret = (uint32_t)i;
+            break;
         }
-        ret->set_cookie.is_some = false;
     }
-    exports_switchyard_policy_selector_list_backend_state_free(backends);
-    return ok;
+    return true;
 }

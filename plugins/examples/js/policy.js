@@ -1,9 +1,13 @@
 // Canary routing: requests with `X-Canary: 1` go to the backends named
 // `canary-*`, all others round-robin over the rest.
-import { Counter } from "switchyard:policy/host@0.1.0";
+import { header } from "switchyard:policy/request@0.2.0";
+import { counter, counterAdd } from "switchyard:policy/host@0.2.0";
 
 // Per instance; rebuilt by `configure` in every new instance.
 let canary = [];
+// The backends' health as last given to `select` (it sends none when
+// nothing changed).
+let health = [];
 // Shared by every instance: round-robin positions for each side.
 const turn = {};
 
@@ -16,20 +20,21 @@ export const selector = {
     if (!canary.includes(true)) {
       throw "no backend is named canary-*";
     }
-    turn[true] = new Counter("canary");
-    turn[false] = new Counter("stable");
+    turn[true] = counter("canary");
+    turn[false] = counter("stable");
   },
 
-  select(req, backends) {
-    const want = req.header("x-canary") === "1";
+  select(changed) {
+    if (changed !== undefined && changed !== null) health = changed;
+    const want = header("x-canary") === "1";
     const eligible = [];
-    backends.forEach((b, i) => {
+    health.forEach((b, i) => {
       if (b.healthy && canary[i] === want) eligible.push(i);
     });
     if (eligible.length === 0) {
       throw "no healthy backend in this group";
     }
-    const n = turn[want].fetchAdd(1n);
-    return { backend: eligible[Number(n % BigInt(eligible.length))] };
+    const n = counterAdd(turn[want], 1n);
+    return eligible[Number(n % BigInt(eligible.length))];
   },
 };

@@ -11,7 +11,7 @@ switchyard=${SWITCHYARD:-$(command -v switchyard || echo "@SWITCHYARD@")}
     exit 1
 }
 [ -d wit ] || "$switchyard" policy wit wit
-componentize-py -d wit -w policy componentize app -o policy.wasm
+componentize-py -d wit -w adaptive-policy componentize app -o policy.wasm
 # CPython needs more than the proxy's defaults (4 MiB, 1 ms): say so in the
 # component, so a config need not.
 "$switchyard" policy limits policy.wasm --memory 64MiB --timeout 10ms

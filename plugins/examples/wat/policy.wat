@@ -1,30 +1,30 @@
 ;; Canary routing: requests with `X-Canary: 1` go to the backends named
 ;; `canary-*`, all others round-robin over the rest.
 ;;
-;; Written against the canonical ABI by hand. Signatures (core types):
-;;   request.header(self, name_ptr, name_len, ret)     -> ()   ret: option<string>
-;;   [resource-drop]request(handle)                     -> ()
-;;   [constructor]counter(name_ptr, name_len)           -> handle
-;;   counter.fetch-add(self, delta: i64)                -> i64
+;; Written against the canonical ABI of switchyard:policy@0.2.0 by hand.
+;; Signatures (core types):
+;;   request.header(name_ptr, name_len, ret)            -> ()   ret: option<string>
+;;   host.counter(name_ptr, name_len)                   -> handle
+;;   host.counter-add(handle, delta: i64)               -> i64 (the value before)
 ;;   configure(config_ptr, config_len, backends_ptr, backends_len) -> result ptr
-;;   select(request, states_ptr, states_len)           -> result ptr
+;;   select(health_is_some, health_ptr, health_len)     -> result ptr
 ;; Records in lists: backend = {name: (ptr, len) @0, address: (ptr, len) @8,
-;; weight @16}, 20 bytes; backend-state = {healthy: u8 @0, in-flight @4,
-;; latency-ewma-us @8}, 12 bytes.
+;; weight @16, backup: u8 @20, tags: (ptr, len) @24}, 32 bytes;
+;; backend-health = {healthy: u8 @0, healthy-since-ns: u64 @8,
+;; consecutive-failures @16}, 24 bytes.
 ;; Memory: 64 configure's result (tag @0, error string @4/@8); 128 select's
-;; result (tag @0; ok: backend @8, set-cookie option tag @16; err: string
-;; @8/@12); 256 header()'s return area (tag @0, string @4/@8); 512.. constant
-;; strings; 1024.. one canary flag per backend; 4096.. a bump heap that is
+;; result (tag @0; ok: backend @4; err: string @4/@8); 256 header()'s return
+;; area (tag @0, string @4/@8); 512.. constant strings; 1024.. one canary
+;; flag per backend; 2048.. one healthy flag per backend, kept between calls
+;; (select gets no list when nothing changed); 4096.. a bump heap that is
 ;; reset after every call.
 (module
-  (import "switchyard:policy/types@0.1.0" "[method]request.header"
-    (func $header (param i32 i32 i32 i32)))
-  (import "switchyard:policy/types@0.1.0" "[resource-drop]request"
-    (func $drop_request (param i32)))
-  (import "switchyard:policy/host@0.1.0" "[constructor]counter"
+  (import "switchyard:policy/request@0.2.0" "header"
+    (func $header (param i32 i32 i32)))
+  (import "switchyard:policy/host@0.2.0" "counter"
     (func $counter (param i32 i32) (result i32)))
-  (import "switchyard:policy/host@0.1.0" "[method]counter.fetch-add"
-    (func $fetch_add (param i32 i64) (result i64)))
+  (import "switchyard:policy/host@0.2.0" "counter-add"
+    (func $counter_add (param i32 i64) (result i64)))
 
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
@@ -65,18 +65,18 @@
     (i32.store (i32.const 72) (local.get $len))
     (i32.const 64))
 
-  (func (export "switchyard:policy/selector@0.1.0#configure")
+  (func (export "switchyard:policy/selector@0.2.0#configure")
         (param $config i32) (param $config_len i32) (param $backends i32) (param $n i32) (result i32)
     (local $i i32) (local $rec i32) (local $any i32) (local $flag i32)
     (if (local.get $config_len)
       (then (return (call $refuse (i32.const 608) (i32.const 38)))))
-    (if (i32.gt_u (local.get $n) (i32.const 3072))
-      (then (local.set $n (i32.const 3072))))
+    (if (i32.gt_u (local.get $n) (i32.const 1024))
+      (then (local.set $n (i32.const 1024))))
     (global.set $count (local.get $n))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $rec (i32.add (local.get $backends) (i32.mul (local.get $i) (i32.const 20))))
+        (local.set $rec (i32.add (local.get $backends) (i32.mul (local.get $i) (i32.const 32))))
         (local.set $flag (call $is_canary (i32.load (local.get $rec)) (i32.load offset=4 (local.get $rec))))
         (i32.store8 (i32.add (i32.const 1024) (local.get $i)) (local.get $flag))
         (local.set $any (i32.or (local.get $any) (local.get $flag)))
@@ -90,61 +90,70 @@
     (i32.const 64))
 
   ;; Whether backend i may take a request of this kind.
-  (func $eligible (param $states i32) (param $i i32) (param $want i32) (result i32)
+  (func $eligible (param $i i32) (param $want i32) (result i32)
     (i32.and
-      (i32.load8_u (i32.add (local.get $states) (i32.mul (local.get $i) (i32.const 12))))
+      (i32.load8_u (i32.add (i32.const 2048) (local.get $i)))
       (i32.eq (i32.load8_u (i32.add (i32.const 1024) (local.get $i))) (local.get $want))))
 
-  (func (export "switchyard:policy/selector@0.1.0#select")
-        (param $req i32) (param $states i32) (param $n i32) (result i32)
+  (func (export "switchyard:policy/selector@0.2.0#select")
+        (param $changed i32) (param $health i32) (param $len i32) (result i32)
     (local $want i32) (local $i i32) (local $total i32) (local $k i32)
+    ;; A new health list: keep its healthy flags.
+    (if (local.get $changed)
+      (then
+        (block $copied
+          (loop $next
+            (br_if $copied (i32.ge_u (local.get $i) (global.get $count)))
+            (i32.store8 (i32.add (i32.const 2048) (local.get $i))
+              (if (result i32) (i32.lt_u (local.get $i) (local.get $len))
+                (then (i32.load8_u (i32.add (local.get $health) (i32.mul (local.get $i) (i32.const 24)))))
+                (else (i32.const 0))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))))
     ;; want = header("x-canary") == "1"
-    (call $header (local.get $req) (i32.const 512) (i32.const 8) (i32.const 256))
+    (call $header (i32.const 512) (i32.const 8) (i32.const 256))
     (if (i32.load8_u (i32.const 256))
       (then
         (local.set $want
           (i32.and (i32.eq (i32.load (i32.const 264)) (i32.const 1))
                    (i32.eq (i32.load8_u (i32.load (i32.const 260))) (i32.const 49))))))
-    (call $drop_request (local.get $req))
-    (if (i32.gt_u (local.get $n) (global.get $count))
-      (then (local.set $n (global.get $count))))
     ;; How many backends of the wanted kind are healthy?
+    (local.set $i (i32.const 0))
     (block $done
       (loop $next
-        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $total (i32.add (local.get $total) (call $eligible (local.get $states) (local.get $i) (local.get $want))))
+        (br_if $done (i32.ge_u (local.get $i) (global.get $count)))
+        (local.set $total (i32.add (local.get $total) (call $eligible (local.get $i) (local.get $want))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (if (i32.eqz (local.get $total))
       (then
         (i32.store8 (i32.const 128) (i32.const 1))
-        (i32.store (i32.const 136) (i32.const 576))
-        (i32.store (i32.const 140) (i32.const 32))
+        (i32.store (i32.const 132) (i32.const 576))
+        (i32.store (i32.const 136) (i32.const 32))
         (return (i32.const 128))))
     ;; The k-th of them, k from the shared counter.
     (local.set $k
       (i32.wrap_i64
         (i64.rem_u
-          (call $fetch_add
+          (call $counter_add
             (select (global.get $turn_canary) (global.get $turn_stable) (local.get $want))
             (i64.const 1))
           (i64.extend_i32_u (local.get $total)))))
     (local.set $i (i32.const 0))
     (block $found
       (loop $next
-        (if (call $eligible (local.get $states) (local.get $i) (local.get $want))
+        (if (call $eligible (local.get $i) (local.get $want))
           (then
             (br_if $found (i32.eqz (local.get $k)))
             (local.set $k (i32.sub (local.get $k) (i32.const 1)))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (i32.store8 (i32.const 128) (i32.const 0))
-    (i32.store (i32.const 136) (local.get $i))
-    (i32.store8 (i32.const 144) (i32.const 0))
+    (i32.store (i32.const 132) (local.get $i))
     (i32.const 128))
 
-  (func (export "cabi_post_switchyard:policy/selector@0.1.0#configure") (param i32)
+  (func (export "cabi_post_switchyard:policy/selector@0.2.0#configure") (param i32)
     (global.set $heap (i32.const 4096)))
-  (func (export "cabi_post_switchyard:policy/selector@0.1.0#select") (param i32)
+  (func (export "cabi_post_switchyard:policy/selector@0.2.0#select") (param i32)
     (global.set $heap (i32.const 4096)))
 )
