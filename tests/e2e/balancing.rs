@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::*;
 
-fn three() -> (Backend, Backend, Backend) {
+pub fn three() -> (Backend, Backend, Backend) {
     (
         Backend::start("a"),
         Backend::start("b"),
@@ -14,13 +14,13 @@ fn three() -> (Backend, Backend, Backend) {
     )
 }
 
-fn expect(pairs: &[(&str, usize)]) -> std::collections::BTreeMap<String, usize> {
+pub fn expect(pairs: &[(&str, usize)]) -> std::collections::BTreeMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 /// Thirty requests in a row on one connection through `policy` over a, b, c:
 /// each backend answers ten, in turn from the first.
-fn assert_takes_turns(policy: &str) {
+pub fn assert_takes_turns(policy: &str) {
     let (a, b, c) = three();
     let proxy = Proxy::start(&one_upstream(policy, &[&a, &b, &c], ""));
     let agent = client();
@@ -76,7 +76,7 @@ fn round_robin_stays_exact_under_concurrency() {
     );
 }
 
-fn weighted_config(a: &Backend, b: &Backend, c: &Backend, policy: &str) -> String {
+pub fn weighted_config(a: &Backend, b: &Backend, c: &Backend, policy: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:{{port}}"
@@ -110,7 +110,7 @@ fn weighted_follows_nginx_smooth_sequence() {
     );
 }
 
-fn cookie_of(set_cookie: &str) -> &str {
+pub fn cookie_of(set_cookie: &str) -> &str {
     set_cookie.split(';').next().unwrap()
 }
 

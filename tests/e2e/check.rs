@@ -155,7 +155,7 @@ fn a_component_that_does_not_implement_the_world_is_refused() {
             d.write("empty.wasm", b"\0asm\x0d\x00\x01\x00");
         },
         5,
-        "does not implement the switchyard:policy@0.1.0 world",
+        "does not implement a switchyard:policy world (0.2.0, or 0.1.0)",
     );
 }
 

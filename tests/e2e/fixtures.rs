@@ -165,3 +165,47 @@ pub fn new_version(component: &[u8], tag: &str) -> Vec<u8> {
     out.extend_from_slice(&payload);
     out
 }
+
+/// A contract 0.2 component that answers backend 0 and misbehaves as `h`
+/// in `observe`, which the proxy calls once there are outcomes, so never
+/// in the dry run.
+pub fn hostile_observer(h: Hostile) -> Vec<u8> {
+    let body = h.body();
+    componentize(&format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
+    (local $p i32) (local $end i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get $align) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get $align))))
+    (local.set $end (i32.add (local.get $p) (local.get $size)))
+    (if (i32.gt_u (local.get $end) (i32.shl (memory.size) (i32.const 16)))
+      (then
+        (if (i32.eq (memory.grow (i32.add (i32.shr_u (i32.sub (local.get $end) (i32.shl (memory.size) (i32.const 16))) (i32.const 16)) (i32.const 1)))
+                    (i32.const -1))
+          (then unreachable))))
+    (global.set $heap (local.get $end))
+    (local.get $p))
+  (func $ok (result i32)
+    (i32.store8 (i32.const 64) (i32.const 0))
+    (i32.const 64))
+  (func (export "switchyard:policy/selector@0.2.0#configure") (param i32 i32 i32 i32) (result i32)
+    (call $ok))
+  (func (export "cabi_post_switchyard:policy/selector@0.2.0#configure") (param i32)
+    (global.set $heap (i32.const 4096)))
+  (func (export "switchyard:policy/selector@0.2.0#select") (param i32 i32 i32) (result i32)
+    (i32.store8 (i32.const 128) (i32.const 0))
+    (i32.store (i32.const 132) (i32.const 0))
+    (i32.const 128))
+  (func (export "cabi_post_switchyard:policy/selector@0.2.0#select") (param i32)
+    (global.set $heap (i32.const 4096)))
+  (func (export "switchyard:policy/observer@0.2.0#observe") (param i32 i32)
+    {body})
+  (func (export "switchyard:policy/membership@0.2.0#update") (param i32 i32) (result i32)
+    (call $ok))
+  (func (export "cabi_post_switchyard:policy/membership@0.2.0#update") (param i32)
+    (global.set $heap (i32.const 4096)))
+)"#
+    ))
+}

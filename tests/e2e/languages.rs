@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn template(lang: &str) -> PathBuf {
+pub fn template(lang: &str) -> PathBuf {
     repo().join("plugins/examples").join(lang)
 }
 
 /// Runs `dir/build.sh`; returns the policy it wrote.
-fn build(dir: &Path) -> PathBuf {
+pub fn build(dir: &Path) -> PathBuf {
     let out = tool("bash")
         .arg(dir.join("build.sh"))
         .env("SWITCHYARD", BIN)
@@ -41,7 +41,7 @@ fn build(dir: &Path) -> PathBuf {
 }
 
 /// Three backends, one of them a canary, behind `policy`.
-fn canary_config(policy: &Path, backends: &[&Backend], extra: &str) -> String {
+pub fn canary_config(policy: &Path, backends: &[&Backend], extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|b| b.entry()).collect();
     format!(
         r#"[admin]
@@ -95,7 +95,7 @@ fn check(config: &str) -> String {
 
 /// 12 canary requests and 12 others: all canary ones to the canary, the
 /// others alternating exactly between the two stable backends.
-fn assert_canary_split(proxy: &Proxy) {
+pub fn assert_canary_split(proxy: &Proxy) {
     let agent = client();
     let mut canary = BTreeMap::new();
     let mut stable = Vec::new();
@@ -386,9 +386,11 @@ fn a_cached_python_policy_loads_far_faster_than_a_cold_one() {
     assert_canary_split(&third);
 }
 
-/// Builds a variant of a template with `from` replaced by `to` in `file`.
-fn variant(lang: &str, file: &str, from: &str, to: &str) -> (TempDir, PathBuf) {
-    let dir = TempDir::new(&format!("{lang}-variant"));
+/// A copy of a template's files (its `node_modules` linked), to build
+/// apart from the template itself. Not for Rust (its SDK path is
+/// relative).
+pub fn copy_of(lang: &str) -> TempDir {
+    let dir = TempDir::new(&format!("{lang}-copy"));
     for entry in std::fs::read_dir(template(lang)).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
@@ -399,6 +401,12 @@ fn variant(lang: &str, file: &str, from: &str, to: &str) -> (TempDir, PathBuf) {
             std::fs::copy(&path, dir.path().join(&name)).unwrap();
         }
     }
+    dir
+}
+
+/// Builds a variant of a template with `from` replaced by `to` in `file`.
+fn variant(lang: &str, file: &str, from: &str, to: &str) -> (TempDir, PathBuf) {
+    let dir = copy_of(lang);
     let src = std::fs::read_to_string(dir.path().join(file)).unwrap();
     assert!(src.contains(from), "{file} has no {from:?}");
     dir.write(file, src.replace(from, to));
@@ -449,8 +457,8 @@ fn a_python_policy_cannot_open_files() {
     let (_dir, wasm) = variant(
         "python",
         "app.py",
-        "        want = req.header(\"x-canary\") == \"1\"",
-        "        if req.header(\"x-read-file\") is not None:\n            with open(\"/etc/hostname\") as f:\n                f.read()\n        want = req.header(\"x-canary\") == \"1\"",
+        "        want = request.header(\"x-canary\") == \"1\"",
+        "        if request.header(\"x-read-file\") is not None:\n            with open(\"/etc/hostname\") as f:\n                f.read()\n        want = request.header(\"x-canary\") == \"1\"",
     );
     let proxy = forbidden_is_contained(&wasm, "x-read-file");
     assert!(proxy.log().contains("/etc/hostname"), "{}", proxy.log());
@@ -461,8 +469,8 @@ fn a_javascript_policy_has_no_network() {
     let (_dir, wasm) = variant(
         "js",
         "policy.js",
-        "    const want = req.header(\"x-canary\") === \"1\";",
-        "    if (req.header(\"x-fetch\") !== undefined) {\n      fetch(\"http://127.0.0.1:9/\");\n    }\n    const want = req.header(\"x-canary\") === \"1\";",
+        "    const want = header(\"x-canary\") === \"1\";",
+        "    if (header(\"x-fetch\") !== undefined) {\n      fetch(\"http://127.0.0.1:9/\");\n    }\n    const want = header(\"x-canary\") === \"1\";",
     );
     forbidden_is_contained(&wasm, "x-fetch");
 }

@@ -7,6 +7,7 @@ mod fixtures;
 mod admin;
 mod balancing;
 mod check;
+mod contract;
 mod demo;
 mod failures;
 mod flask;

@@ -141,7 +141,25 @@ pub struct Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
     accepted: Arc<AtomicU64>,
     open: Arc<OpenConns>,
+    script: Arc<Mutex<Script>>,
     stop: Option<watch::Sender<bool>>,
+}
+
+/// How a backend answers the paths without a meaning of their own.
+#[derive(Clone)]
+pub struct Script {
+    pub status: u16,
+    /// Added to every response.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            status: 200,
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// Connections open at once: now, and the most so far.
@@ -190,6 +208,8 @@ impl Backend {
         let (stop_tx, stop_rx) = watch::channel(false);
         let name_owned = name.to_string();
         let (seen2, accepted2, open2) = (seen.clone(), accepted.clone(), open.clone());
+        let script: Arc<Mutex<Script>> = Arc::default();
+        let script2 = script.clone();
         let addr = RT.block_on(async move {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
             socket.set_reuseaddr(true).expect("reuseaddr");
@@ -197,7 +217,7 @@ impl Backend {
             let listener = socket.listen(1024).expect("listen");
             let local = listener.local_addr().expect("local addr");
             tokio::spawn(serve(
-                listener, name_owned, seen2, accepted2, open2, stop_rx,
+                listener, name_owned, seen2, accepted2, open2, script2, stop_rx,
             ));
             local
         });
@@ -206,9 +226,23 @@ impl Backend {
             addr,
             seen,
             accepted,
+            script,
             open,
             stop: Some(stop_tx),
         }
+    }
+
+    /// Answers every later request with `status` (the body is still the
+    /// backend's name).
+    pub fn set_status(&self, status: u16) {
+        self.script.lock().unwrap().status = status;
+    }
+
+    /// Adds (or replaces) a header on every later response.
+    pub fn set_header(&self, name: &str, value: &str) {
+        let mut s = self.script.lock().unwrap();
+        s.headers.retain(|(k, _)| k != name);
+        s.headers.push((name.to_string(), value.to_string()));
     }
 
     /// The most connections that were open at once.
@@ -268,6 +302,7 @@ async fn serve(
     seen: Arc<Mutex<Vec<Seen>>>,
     accepted: Arc<AtomicU64>,
     open: Arc<OpenConns>,
+    script: Arc<Mutex<Script>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -279,13 +314,15 @@ async fn serve(
         let counted = OpenGuard::new(&open);
         let name = name.clone();
         let seen = seen.clone();
+        let script = script.clone();
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
             let _counted = counted;
             let service = service_fn(move |req: Request<Incoming>| {
                 let name = name.clone();
                 let seen = seen.clone();
-                async move { Ok::<_, Infallible>(answer(req, &name, &seen).await) }
+                let script = script.lock().unwrap().clone();
+                async move { Ok::<_, Infallible>(answer(req, &name, &seen, &script).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -297,7 +334,12 @@ async fn serve(
     }
 }
 
-async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> Response<RespBody> {
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+    script: &Script,
+) -> Response<RespBody> {
     let path = req.uri().path().to_string();
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
@@ -350,8 +392,15 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
         text(name.to_string())
     };
     let mut resp = Response::new(body);
+    *resp.status_mut() = http::StatusCode::from_u16(script.status).expect("status");
     resp.headers_mut()
         .insert("x-backend", name.parse().expect("header value"));
+    for (k, v) in &script.headers {
+        resp.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            v.parse().expect("header value"),
+        );
+    }
     resp
 }
 
