@@ -61,8 +61,9 @@ pub struct BackendState {
 pub struct Decision {
     /// Index of the chosen backend.
     pub backend: u32,
-    /// A cookie to set on the response.
-    pub set_cookie: Option<CookieSpec>,
+    /// A cookie to set on the response (boxed: rare, and a small decision
+    /// is cheaper to pass back).
+    pub set_cookie: Option<Box<CookieSpec>>,
     /// More backends, best first, to try before asking again (0.2).
     pub fallbacks: SmallVec<[u32; 4]>,
     /// Why, in a few words, for traces and debug logs (0.2).

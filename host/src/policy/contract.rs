@@ -274,7 +274,7 @@ impl Exports {
                 )?;
                 Ok(answer.map(|d| Decision {
                     backend: d.backend,
-                    set_cookie: d.set_cookie.map(cookie_v01),
+                    set_cookie: d.set_cookie.map(|c| Box::new(cookie_v01(c))),
                     ..Decision::default()
                 }))
             }

@@ -107,7 +107,7 @@ pub struct V02State {
 #[derive(Debug, Default)]
 pub struct Effects {
     /// `set-response-cookie`.
-    pub cookie: Option<CookieSpec>,
+    pub cookie: Option<Box<CookieSpec>>,
     /// `fallbacks`, at most [`MAX_FALLBACKS`].
     pub fallbacks: SmallVec<[u32; 4]>,
     /// `reason`, at most [`MAX_REASON`] bytes.

@@ -69,7 +69,7 @@ pub fn cookie_spec(c: types::SetCookie) -> CookieSpec {
 impl decision::Host for HostState {
     fn set_response_cookie(&mut self, cookie: types::SetCookie) -> wasmtime::Result<()> {
         if self.v02.in_select {
-            self.v02.effects.cookie = Some(cookie_spec(cookie));
+            self.v02.effects.cookie = Some(Box::new(cookie_spec(cookie)));
         }
         Ok(())
     }

@@ -121,7 +121,10 @@ fn validate(decision: Decision, states: &[BackendState]) -> Result<Choice, Polic
         Some(s) if !s.healthy => return Err(PolicyFailure::UnhealthyChoice(index)),
         Some(_) => {}
     }
-    let set_cookie = decision.set_cookie.map(cookie::render).transpose()?;
+    let set_cookie = decision
+        .set_cookie
+        .map(|c| cookie::render(*c))
+        .transpose()?;
     Ok(Choice {
         backend: index as usize,
         set_cookie,
