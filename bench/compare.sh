@@ -11,6 +11,9 @@
 #   bench/compare.sh --baseline OLD_BINARY    # also an older switchyard (Wasm
 #                                             # and native round-robin), same run
 #   SWITCHYARD_BIN=PATH bench/compare.sh      # measure this binary, build nothing
+#   bench/compare.sh --split --rounds 7       # only the Wasm and the native
+#                                             # round-robin: the Wasm share, in
+#                                             # more paired rounds
 #
 # Extra arguments go to bench/run.sh. Installs nginx, HAProxy, Caddy, wrk and
 # h2load from Debian if missing. Writes bench/results/<time>.{md,json} and,
@@ -19,10 +22,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 baseline=""
+split=""
 args=()
 while (($#)); do
     case "$1" in
         --baseline) baseline=$(realpath "$2"); shift 2 ;;
+        --split) split=1; shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -38,8 +43,12 @@ work=$(mktemp -d -t switchyard-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 targets=()
-specs=("switchyard|round-robin|rr|$bin" "switchyard-weighted|weighted|rr|$bin"
-       "switchyard-sticky|sticky-session|cookie|$bin" "switchyard-native|native:round-robin|rr|$bin")
+if [[ -n "$split" ]]; then
+    specs=("switchyard|round-robin|rr|$bin" "switchyard-native|native:round-robin|rr|$bin")
+else
+    specs=("switchyard|round-robin|rr|$bin" "switchyard-weighted|weighted|rr|$bin"
+           "switchyard-sticky|sticky-session|cookie|$bin" "switchyard-native|native:round-robin|rr|$bin")
+fi
 if [[ -n "$baseline" ]]; then
     specs+=("baseline|round-robin|rr|$baseline" "baseline-native|native:round-robin|rr|$baseline")
 fi
