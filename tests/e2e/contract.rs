@@ -266,6 +266,32 @@ fn a_reload_that_adds_a_backend_keeps_what_the_running_policy_learned() {
         "{}",
         proxy.log()
     );
+
+    // A changed policy-config is a new configuration: fresh instances,
+    // which have to learn again (stable-1 gets tried once more).
+    std::fs::write(
+        &proxy.config,
+        write(&[&s1, &c1, &s2, &s3])
+            .replace("backoff = 600", "backoff = 601")
+            .replace("{port}", "0")
+            .replace("{admin}", "0"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    assert!(
+        wait_for(Duration::from_secs(20), || proxy.status()["generation"]
+            == 3),
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(
+        proxy.log().matches("keeps its instances").count(),
+        1,
+        "{}",
+        proxy.log()
+    );
+    let again = bodies(&proxy, 30);
+    assert_eq!(again.get("stable-1"), Some(&1), "{again:?}");
 }
 
 #[test]
