@@ -426,9 +426,16 @@ fn forbidden_is_contained(wasm: &Path, header: &str) -> Proxy {
     let proxy = Proxy::start(&config);
     let agent = client();
     // Serving the canary: an instance of the policy is ready (a trapped
-    // one is replaced in the background; meanwhile the fallback serves).
+    // one is replaced in the background; meanwhile the fallback serves,
+    // and its round-robin may pick the canary too: only a decision the
+    // policy counted proves an instance).
     let canary = || get_with(&agent, &proxy.url("/"), &[("x-canary", "1")]).body;
-    let ready = || wait_for(Duration::from_secs(20), || canary() == "canary-1");
+    let decisions = || proxy.metric("switchyard_policy_decisions_total{upstream=\"app\"}");
+    let decided = || {
+        let before = decisions();
+        canary() == "canary-1" && decisions() > before
+    };
+    let ready = || wait_for(Duration::from_secs(20), &decided);
     for _ in 0..3 {
         assert!(ready(), "{}", proxy.log());
         let r = get_with(&agent, &proxy.url("/"), &[(header, "1")]);
