@@ -284,6 +284,12 @@ pub trait Policy: Send + Sync {
     /// policy keeps its health from these (a `Skipped` call gets none).
     fn settle(&self, verdict: Result<(), &PolicyFailure>);
 
+    /// Whether it wants outcomes ([`Policy::observe`]); when not, none is
+    /// built.
+    fn observes(&self) -> bool {
+        false
+    }
+
     /// Takes the outcome of an attempt, for a policy that observes them.
     /// Called on the response path: it must only queue.
     fn observe(&self, _outcome: Observed) {}

@@ -555,6 +555,10 @@ impl Policy for WasmPolicy {
         }
     }
 
+    fn observes(&self) -> bool {
+        self.inner.outcomes.is_some()
+    }
+
     fn observe(&self, outcome: Observed) {
         if let Some(log) = &self.inner.outcomes {
             log.push(outcome);

@@ -271,7 +271,11 @@ impl Upstream {
                 }
             }
         }
-        self.policy.load().observe(Observed {
+        let policy = self.policy.load();
+        if !policy.observes() {
+            return;
+        }
+        policy.observe(Observed {
             backend: backend.name.clone(),
             attempt: outcome.attempt,
             status: outcome.status.map(|s| s.as_u16()),
