@@ -192,12 +192,8 @@ impl Upstream {
         let result = policy.select(req, &states);
         self.metrics.decision_seconds.observe(started.elapsed());
         let result = result.and_then(|d| validate(d, &states));
-        let not_called = |f: &PolicyFailure| {
-            matches!(
-                f,
-                PolicyFailure::Skipped | PolicyFailure::Warming | PolicyFailure::Stale(_)
-            )
-        };
+        let not_called =
+            |f: &PolicyFailure| matches!(f, PolicyFailure::Skipped | PolicyFailure::Warming);
         match &result {
             Ok(_) => policy.settle(Ok(())),
             Err(f) if not_called(f) => {}
