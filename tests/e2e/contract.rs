@@ -231,20 +231,7 @@ fn a_reload_that_adds_a_backend_keeps_what_the_running_policy_learned() {
     let before = bodies(&proxy, 20);
     assert_eq!(before.get("stable-1"), Some(&1), "{before:?}");
 
-    std::fs::write(
-        &proxy.config,
-        write(&[&s1, &c1, &s2, &s3])
-            .replace("{port}", "0")
-            .replace("{admin}", "0"),
-    )
-    .unwrap();
-    proxy.signal("HUP");
-    assert!(
-        wait_for(Duration::from_secs(20), || proxy.status()["generation"]
-            == 2),
-        "{}",
-        proxy.log()
-    );
+    proxy.reload(&write(&[&s1, &c1, &s2, &s3]));
     let log = proxy.log();
     assert!(
         log.contains("keeps its instances: 4 backends handed to its membership call"),
@@ -269,21 +256,7 @@ fn a_reload_that_adds_a_backend_keeps_what_the_running_policy_learned() {
 
     // A changed policy-config is a new configuration: fresh instances,
     // which have to learn again (stable-1 gets tried once more).
-    std::fs::write(
-        &proxy.config,
-        write(&[&s1, &c1, &s2, &s3])
-            .replace("backoff = 600", "backoff = 601")
-            .replace("{port}", "0")
-            .replace("{admin}", "0"),
-    )
-    .unwrap();
-    proxy.signal("HUP");
-    assert!(
-        wait_for(Duration::from_secs(20), || proxy.status()["generation"]
-            == 3),
-        "{}",
-        proxy.log()
-    );
+    proxy.reload(&write(&[&s1, &c1, &s2, &s3]).replace("backoff = 600", "backoff = 601"));
     assert_eq!(
         proxy.log().matches("keeps its instances").count(),
         1,

@@ -79,21 +79,9 @@ impl Hostile {
     }
 }
 
-/// The core module; `configure` and `hostile` are function bodies.
-///
-/// Memory map: 64 the `configure` result (zero: ok), 128 the `select`
-/// result (`result<decision, string>`: tag at +0, payload at +8), 256 the
-/// return area of `request.path`, 512 an error message, 4096+ the bump heap
-/// (reset after each call).
-fn module(configure: &str, hostile: &str) -> String {
-    format!(
-        r#"(module
-  (import "switchyard:policy/types@0.1.0" "[method]request.path" (func $path (param i32 i32)))
-  (import "switchyard:policy/types@0.1.0" "[resource-drop]request" (func $drop (param i32)))
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
-  (data (i32.const 512) "policy says no")
-  (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
+/// A bump allocator for everything the host copies into a fixture's
+/// memory, from the global `$heap` (each fixture resets it after a call).
+pub const BUMP_REALLOC: &str = r#"(func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
     (local $p i32) (local $end i32)
     (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get $align) (i32.const 1)))
                            (i32.sub (i32.const 0) (local.get $align))))
@@ -104,7 +92,24 @@ fn module(configure: &str, hostile: &str) -> String {
                     (i32.const -1))
           (then unreachable))))
     (global.set $heap (local.get $end))
-    (local.get $p))
+    (local.get $p))"#;
+
+/// The core module; `configure` and `hostile` are function bodies.
+///
+/// Memory map: 64 the `configure` result (zero: ok), 128 the `select`
+/// result (`result<decision, string>`: tag at +0, payload at +8), 256 the
+/// return area of `request.path`, 512 an error message, 4096+ the bump heap
+/// (reset after each call).
+fn module(configure: &str, hostile: &str) -> String {
+    let realloc = BUMP_REALLOC;
+    format!(
+        r#"(module
+  (import "switchyard:policy/types@0.1.0" "[method]request.path" (func $path (param i32 i32)))
+  (import "switchyard:policy/types@0.1.0" "[resource-drop]request" (func $drop (param i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 512) "policy says no")
+  {realloc}
   (func (export "switchyard:policy/selector@0.1.0#configure") (param i32 i32 i32 i32) (result i32)
     {configure})
   (func (export "cabi_post_switchyard:policy/selector@0.1.0#configure") (param i32)
@@ -171,22 +176,12 @@ pub fn new_version(component: &[u8], tag: &str) -> Vec<u8> {
 /// in the dry run.
 pub fn hostile_observer(h: Hostile) -> Vec<u8> {
     let body = h.body();
+    let realloc = BUMP_REALLOC;
     componentize(&format!(
         r#"(module
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
-  (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
-    (local $p i32) (local $end i32)
-    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get $align) (i32.const 1)))
-                           (i32.sub (i32.const 0) (local.get $align))))
-    (local.set $end (i32.add (local.get $p) (local.get $size)))
-    (if (i32.gt_u (local.get $end) (i32.shl (memory.size) (i32.const 16)))
-      (then
-        (if (i32.eq (memory.grow (i32.add (i32.shr_u (i32.sub (local.get $end) (i32.shl (memory.size) (i32.const 16))) (i32.const 16)) (i32.const 1)))
-                    (i32.const -1))
-          (then unreachable))))
-    (global.set $heap (local.get $end))
-    (local.get $p))
+  {realloc}
   (func $ok (result i32)
     (i32.store8 (i32.const 64) (i32.const 0))
     (i32.const 64))

@@ -574,6 +574,25 @@ impl Proxy {
         serde_json::from_str(&get(&client(), &self.admin_url("/status")).body).expect("status JSON")
     }
 
+    /// Rewrites the config file as `config` (ports as at start), sends
+    /// SIGHUP and waits until the new generation serves; returns it.
+    pub fn reload(&self, config: &str) -> u64 {
+        let generation = self.status()["generation"].as_u64().unwrap_or(0) + 1;
+        std::fs::write(
+            &self.config,
+            config.replace("{port}", "0").replace("{admin}", "0"),
+        )
+        .unwrap();
+        self.signal("HUP");
+        assert!(
+            wait_for(Duration::from_secs(20), || self.status()["generation"]
+                == generation),
+            "reload to generation {generation} not seen:\n{}",
+            self.log()
+        );
+        generation
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) to the process.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")

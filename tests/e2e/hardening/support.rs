@@ -687,6 +687,7 @@ pub fn policy_module(
     configure: &str,
     on_other_path: &str,
 ) -> String {
+    let realloc = crate::fixtures::BUMP_REALLOC;
     format!(
         r#"(module
   (import "switchyard:policy/types@0.1.0" "[method]request.path" (func $path (param i32 i32)))
@@ -695,18 +696,7 @@ pub fn policy_module(
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
   {data}
-  (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
-    (local $p i32) (local $end i32)
-    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get $align) (i32.const 1)))
-                           (i32.sub (i32.const 0) (local.get $align))))
-    (local.set $end (i32.add (local.get $p) (local.get $size)))
-    (if (i32.gt_u (local.get $end) (i32.shl (memory.size) (i32.const 16)))
-      (then
-        (if (i32.eq (memory.grow (i32.add (i32.shr_u (i32.sub (local.get $end) (i32.shl (memory.size) (i32.const 16))) (i32.const 16)) (i32.const 1)))
-                    (i32.const -1))
-          (then unreachable))))
-    (global.set $heap (local.get $end))
-    (local.get $p))
+  {realloc}
   {funcs}
   (func (export "switchyard:policy/selector@0.1.0#configure") (param i32 i32 i32 i32) (result i32)
     {configure}
