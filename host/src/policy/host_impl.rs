@@ -97,6 +97,8 @@ pub struct V02State {
     pub configuring: bool,
     /// Response headers asked for in `configure`.
     pub watch: Vec<String>,
+    /// `configure` called `ignore-outcomes`.
+    pub ignores_outcomes: bool,
     /// The backends' load for the `select` in progress: (in-flight, EWMA µs).
     pub loads: SmallVec<[(u32, u32); 8]>,
     /// The proxy's zone.

@@ -180,6 +180,13 @@ impl host::Host for HostState {
         Ok(())
     }
 
+    fn ignore_outcomes(&mut self) -> wasmtime::Result<()> {
+        if self.v02.configuring {
+            self.v02.ignores_outcomes = true;
+        }
+        Ok(())
+    }
+
     fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
         let level = match level {
             host::LogLevel::Debug => tracing::Level::DEBUG,

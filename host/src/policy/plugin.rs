@@ -74,6 +74,9 @@ struct Inner {
     outcomes: Option<OutcomeLog>,
     /// Response headers the policy watches (set by the dry run).
     watched: std::sync::OnceLock<Vec<http::HeaderName>>,
+    /// Whether this configuration said it needs no outcomes
+    /// (`ignore-outcomes` in the dry run's `configure`).
+    ignores_outcomes: std::sync::OnceLock<bool>,
     sandbox: SandboxConfig,
     limits: Effective,
     ticker: Option<Ticker>,
@@ -145,6 +148,7 @@ impl WasmPolicy {
             zone: upstream.zone.as_deref().map(Arc::from),
             outcomes: observes.then(OutcomeLog::default),
             watched: std::sync::OnceLock::new(),
+            ignores_outcomes: std::sync::OnceLock::new(),
             sandbox,
             limits,
             ticker: engine.ticker().cloned(),
@@ -205,6 +209,15 @@ impl WasmPolicy {
 }
 
 impl Inner {
+    /// The group's outcomes, when the policy observes them (exports
+    /// `observer` and its configuration did not decline them).
+    fn outcome_log(&self) -> Option<&OutcomeLog> {
+        match self.ignores_outcomes.get() {
+            Some(true) => None,
+            _ => self.outcomes.as_ref(),
+        }
+    }
+
     fn interpreted(&self) -> bool {
         limits::interpreted(self.compiled.wasi, self.compiled.size)
     }
@@ -216,6 +229,9 @@ impl Inner {
         let first = deadline_ticks(FIRST_LOAD_DEADLINE);
         let mut live = self.instantiate(Arc::new(self.shared.snapshot()), FIRST_LOAD_DEADLINE)?;
         let what = || self.name.clone();
+        let _ = self
+            .ignores_outcomes
+            .set(live.store.data().v02.ignores_outcomes);
         let _ = self.watched.set(
             live.store
                 .data()
@@ -375,7 +391,7 @@ impl Inner {
                 Err(e) => return Err(failed(live, &e)),
             }
         }
-        if let Some(log) = &self.outcomes {
+        if let Some(log) = self.outcome_log() {
             live.seen = log.since(live.seen, members, &mut live.observed);
             if !live.observed.is_empty()
                 && let Err(e) = live.exports.observe(&mut live.store, &live.observed)
@@ -556,11 +572,11 @@ impl Policy for WasmPolicy {
     }
 
     fn observes(&self) -> bool {
-        self.inner.outcomes.is_some()
+        self.inner.outcome_log().is_some()
     }
 
     fn observe(&self, outcome: Observed) {
-        if let Some(log) = &self.inner.outcomes {
+        if let Some(log) = self.inner.outcome_log() {
             log.push(outcome);
         }
     }

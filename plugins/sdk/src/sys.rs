@@ -79,6 +79,9 @@ mod imp {
     pub fn watch_response_header(name: &str) {
         host::watch_response_header(name)
     }
+    pub fn ignore_outcomes() {
+        host::ignore_outcomes()
+    }
     pub fn log(level: LogLevel, message: &str) {
         host::log(level, message)
     }
@@ -173,6 +176,9 @@ mod imp {
     }
     pub fn watch_response_header(name: &str) {
         with_host(|h| h.watched.push(name.to_ascii_lowercase()))
+    }
+    pub fn ignore_outcomes() {
+        with_host(|h| h.ignores_outcomes = true)
     }
     pub fn log(level: LogLevel, message: &str) {
         with_host(|h| h.logs.push((level, message.to_string())))

@@ -140,6 +140,7 @@ pub(crate) struct FakeHost {
     pub seed: u64,
     pub zone: Option<String>,
     pub watched: Vec<String>,
+    pub ignores_outcomes: bool,
     pub logs: Vec<(LogLevel, String)>,
 }
 
@@ -174,6 +175,7 @@ impl Default for FakeHost {
             seed: 0x9e37_79b9_7f4a_7c15,
             zone: None,
             watched: Vec::new(),
+            ignores_outcomes: false,
             logs: Vec::new(),
         }
     }
@@ -275,6 +277,12 @@ pub fn set_zone(zone: Option<&str>) {
 /// The response headers the policy asked to watch.
 pub fn watched() -> Vec<String> {
     with_host(|h| h.watched.clone())
+}
+
+/// Whether the policy said it does not need outcomes
+/// ([`crate::ignore_outcomes`]).
+pub fn ignores_outcomes() -> bool {
+    with_host(|h| h.ignores_outcomes)
 }
 
 /// The log lines the policy wrote.
