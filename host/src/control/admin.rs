@@ -237,7 +237,9 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Response<ProxyBod
     match req.uri().path() {
         "/status" => json(&status(&ctx.proxy.runtime()), StatusCode::OK),
         "/metrics" => with_type(
-            ctx.app.metrics.render(&ctx.proxy.runtime()),
+            ctx.app
+                .metrics
+                .render(&ctx.proxy.runtime(), &ctx.app.states),
             "text/plain; version=0.0.4; charset=utf-8",
             StatusCode::OK,
         ),

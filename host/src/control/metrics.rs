@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::policy::PolicyFailure;
+use crate::policy::{PolicyFailure, StateRegistry};
 use crate::proxy::Runtime;
 use crate::upstream::FailureKind;
 use crate::upstream::counters::{
@@ -29,6 +29,12 @@ struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyMetricLabels {
+    upstream: String,
+    name: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -224,12 +230,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything, with gauges read
-    /// from `runtime`.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    /// from `runtime` and the policies' `metric/` counters from `states`.
+    pub fn render(&self, runtime: &Runtime, states: &StateRegistry) -> String {
         let mut gauges = Registry::with_prefix("switchyard");
         let up = Family::<BackendLabels, Gauge>::default();
         let in_flight = Family::<BackendLabels, Gauge>::default();
         let policy_healthy = Family::<UpstreamLabels, Gauge>::default();
+        let policy_metrics = Family::<PolicyMetricLabels, Counter>::default();
         let now = crate::upstream::now_ns();
         for u in &runtime.upstreams {
             for b in &u.backends {
@@ -247,6 +254,14 @@ impl Metrics {
                     upstream: u.name.clone(),
                 })
                 .set(i64::from(u.policy().status().healthy));
+            for (name, value) in states.get(&u.name).metric_counters() {
+                policy_metrics
+                    .get_or_create(&PolicyMetricLabels {
+                        upstream: u.name.clone(),
+                        name,
+                    })
+                    .inc_by(value);
+            }
         }
         gauges.register("backend_up", "1 if passive health allows the backend", up);
         gauges.register(
@@ -258,6 +273,11 @@ impl Metrics {
             "policy_healthy",
             "0 after max-failures consecutive policy failures",
             policy_healthy,
+        );
+        gauges.register(
+            "policy_metric",
+            "Events a policy counts in a metric/ counter (e.g. ejections)",
+            policy_metrics,
         );
         let generation = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         generation.set(runtime.generation as i64);

@@ -47,6 +47,21 @@ impl SharedState {
         Some(c)
     }
 
+    /// The counters named `metric/NAME`, as (NAME, value), for `/metrics`.
+    pub fn metric_counters(&self) -> Vec<(String, u64)> {
+        lock(&self.counters)
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("metric/").map(|name| {
+                    (
+                        name.to_string(),
+                        v.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// A copy with the same counter values and an empty key-value store,
     /// for dry runs that must not move the real counters.
     pub fn snapshot(&self) -> SharedState {
