@@ -102,6 +102,14 @@ const RUST: &[File] = &[
         include_str!("../../plugins/sdk/src/choose.rs"),
     ),
     (
+        "sdk/src/maglev.rs",
+        include_str!("../../plugins/sdk/src/maglev.rs"),
+    ),
+    (
+        "sdk/src/steer.rs",
+        include_str!("../../plugins/sdk/src/steer.rs"),
+    ),
+    (
         "sdk/src/sys.rs",
         include_str!("../../plugins/sdk/src/sys.rs"),
     ),

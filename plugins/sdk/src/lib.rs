@@ -49,7 +49,11 @@
 //!   [`ConsistentHash`] (weighted rendezvous hashing of a key such as the
 //!   client address), [`p2c`] (power of two choices), [`ranked_by`]
 //!   (fallbacks in order of a cost), [`Ewma`] (a moving average with time
-//!   decay, plain or peak), [`healthy_mask`] and [`first_healthy`].
+//!   decay, plain or peak), [`Maglev`] (Maglev consistent hashing),
+//!   [`weighted_random`], [`healthy_mask`] and [`first_healthy`].
+//! - [`Steering`]: what every built-in adds to its own choice, from
+//!   `policy-config`: outlier ejection (`eject-after`), zone preference
+//!   (`prefer-zone`) and slow start (`slow-start`).
 //! - Sticky sessions: [`CookieRouter`] (cookie values every proxy agrees
 //!   on) and [`CookieSpec`] (the cookie's name and attributes from
 //!   `policy-config`).
@@ -91,6 +95,8 @@ extern crate self as switchyard_policy_sdk;
 mod choose;
 mod config;
 mod hash;
+mod maglev;
+mod steer;
 mod sticky;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
@@ -100,6 +106,10 @@ mod weighted;
 pub use choose::{Ewma, p2c, ranked_by};
 pub use config::Config;
 pub use hash::{ConsistentHash, hash64};
+pub use maglev::Maglev;
+pub use steer::{
+    SLOW_START_KEYS, STEERING_KEYS, Steered, Steering, backend_failed, unit_random, weighted_random,
+};
 pub use sticky::{CookieRouter, CookieSpec, cookie_token};
 pub use weighted::{WeightedSchedule, smooth_weighted_sequence};
 
@@ -382,6 +392,12 @@ pub fn zone() -> Option<String> {
 /// `configure`; at most 16).
 pub fn watch_response_header(name: &str) {
     sys::watch_response_header(name)
+}
+
+/// Tells the proxy this configuration does not need [`Adaptive::observe`]
+/// calls (call it in `configure`): no outcomes are kept or delivered.
+pub fn ignore_outcomes() {
+    sys::ignore_outcomes()
 }
 
 /// A line in the proxy's log (rate-limited).
