@@ -16,6 +16,9 @@ const PLUGINS: &[(&str, &str)] = &[
     ("switchyard-policy-round-robin", "round-robin"),
     ("switchyard-policy-weighted", "weighted"),
     ("switchyard-policy-sticky-session", "sticky-session"),
+    ("switchyard-policy-least-request", "least-request"),
+    ("switchyard-policy-peak-ewma", "peak-ewma"),
+    ("switchyard-policy-consistent-hash", "consistent-hash"),
 ];
 
 fn main() {

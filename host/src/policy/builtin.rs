@@ -2,7 +2,14 @@
 //! `build.rs`), so a config can name them without any file on disk.
 
 /// Names of the built-in policies, as a config's `policy = "..."` uses them.
-pub const NAMES: &[&str] = &["round-robin", "weighted", "sticky-session"];
+pub const NAMES: &[&str] = &[
+    "round-robin",
+    "weighted",
+    "sticky-session",
+    "least-request",
+    "peak-ewma",
+    "consistent-hash",
+];
 
 /// One built-in policy.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +38,21 @@ pub const ALL: &[Builtin] = &[
         name: "sticky-session",
         summary: "a cookie keeps each client on one backend; new clients weighted round-robin",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/sticky-session.wasm")),
+    },
+    Builtin {
+        name: "least-request",
+        summary: "the fewer requests in flight of two backends drawn at random (weights bias it)",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/least-request.wasm")),
+    },
+    Builtin {
+        name: "peak-ewma",
+        summary: "two at random, the lower latency x in-flight; failures count as slow (Finagle)",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/peak-ewma.wasm")),
+    },
+    Builtin {
+        name: "consistent-hash",
+        summary: "a key (header, cookie, client address, path) keeps its backend; Maglev table",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/consistent-hash.wasm")),
     },
 ];
 

@@ -9,11 +9,14 @@
 //!
 //! `policy-config` keys, all optional: `cookie` (default `sy-backend`),
 //! `secret`, and the cookie attributes `path`, `domain`, `max-age`, `secure`,
-//! `http-only`, `same-site` (see the SDK's `CookieSpec`).
+//! `http-only`, `same-site` (see the SDK's `CookieSpec`); outlier ejection
+//! and zone preference as for `round-robin` (an ejected backend's clients
+//! are re-balanced and get a new cookie).
 
 use switchyard_policy_sdk::{
-    Backend, BackendHealth, Config, CookieRouter, CookieSpec, Counter, Decision, Policy, Request,
-    WeightedSchedule, export_policy,
+    Adaptive, Backend, BackendHealth, Config, CookieRouter, CookieSpec, Counter, Decision, Outcome,
+    Policy, Request, STEERING_KEYS, Steering, WeightedSchedule, export_adaptive_policy,
+    ignore_outcomes,
 };
 
 /// The cookie name used when `policy-config` sets none.
@@ -25,13 +28,20 @@ pub struct Sticky {
     router: CookieRouter,
     position: Counter,
     schedule: WeightedSchedule,
+    secret: Option<String>,
+    steer: Steering,
 }
 
 impl Policy for Sticky {
     fn configure(config: &Config, backends: &[Backend]) -> Result<Self, String> {
         let mut keys = CookieSpec::KEYS.to_vec();
         keys.push("secret");
+        keys.extend_from_slice(STEERING_KEYS);
         config.expect_keys(&keys)?;
+        let steer = Steering::new(config, backends, false)?;
+        if !steer.wants_outcomes() {
+            ignore_outcomes();
+        }
         Ok(Sticky {
             cookie: CookieSpec::from_config(config, DEFAULT_COOKIE)?,
             router: CookieRouter::new(
@@ -40,10 +50,13 @@ impl Policy for Sticky {
             ),
             position: Counter::new("sticky-session"),
             schedule: WeightedSchedule::new(backends.iter().map(|b| b.weight).collect()),
+            secret: config.get("secret").map(str::to_string),
+            steer,
         })
     }
 
-    fn select(&mut self, req: &Request, backends: &[BackendHealth]) -> Result<Decision, String> {
+    fn select(&mut self, req: &Request, health: &[BackendHealth]) -> Result<Decision, String> {
+        let backends = self.steer.steer(health).health;
         if let Some(value) = req.cookie(&self.cookie.name)
             && let Some(i) = self.router.lookup(&value)
             && backends.get(i).is_some_and(|b| b.healthy)
@@ -62,4 +75,20 @@ impl Policy for Sticky {
     }
 }
 
-export_policy!(Sticky);
+impl Adaptive for Sticky {
+    fn observe(&mut self, outcomes: &[Outcome]) {
+        self.steer.observe(outcomes);
+    }
+
+    fn update(&mut self, backends: &[Backend]) -> Result<(), String> {
+        self.router = CookieRouter::new(
+            self.secret.as_deref(),
+            backends.iter().map(|b| b.name.as_str()),
+        );
+        self.schedule = WeightedSchedule::new(backends.iter().map(|b| b.weight).collect());
+        self.steer.update(backends);
+        Ok(())
+    }
+}
+
+export_adaptive_policy!(Sticky);
