@@ -395,6 +395,10 @@ async fn attempt(
     mut body: RequestBody,
 ) -> Result<Answered, Failed> {
     let cfg = &upstream.config;
+    // In flight from now, while a connection is found or made: a policy
+    // deciding meanwhile must see this request (a burst of decisions
+    // during a connect would otherwise all pick the same "idle" backend).
+    let in_flight = backend.stats.start();
     if !parts.headers.contains_key(HOST)
         && let Ok(h) = HeaderValue::from_str(&backend.address)
     {
@@ -431,7 +435,6 @@ async fn attempt(
         }
     };
     let watch = body.watch();
-    let in_flight = backend.stats.start();
     let sent_at = Instant::now();
     let mut req = Request::from_parts(parts, body);
     loop {
