@@ -119,9 +119,16 @@ pub fn build(
     let mut upstreams = Vec::new();
     app.engine.set_cache_dir(config.cache_dir.clone());
     for up in &config.upstreams {
+        // The backends of the first config were there before the proxy:
+        // only later ones count as joining (slow start ramps those).
+        let joined = if previous.is_some() {
+            crate::policy::monotonic_ns()
+        } else {
+            0
+        };
         let backends = app
             .backends
-            .backends(up, |b| app.metrics.backend(&up.name, b));
+            .backends(up, joined, |b| app.metrics.backend(&up.name, b));
         let running = previous.and_then(|rt| rt.upstreams.iter().find(|u| u.name == up.name));
         let loaded = match updated_policy(app, running.map(|u| &**u), up, &backends) {
             Some(policy) => Ok(policy),

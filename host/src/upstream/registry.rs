@@ -26,10 +26,13 @@ pub struct BackendRegistry {
 
 impl BackendRegistry {
     /// The backends of `config`, with shared statistics and pools;
-    /// `metrics(name)` gives each backend's counters.
+    /// `metrics(name)` gives each backend's counters. An address seen for
+    /// the first time joins at `joined_ns` (0 for the config the proxy
+    /// starts with: those backends were there before it).
     pub fn backends(
         &self,
         config: &UpstreamConfig,
+        joined_ns: u64,
         metrics: impl Fn(&str) -> BackendMetrics,
     ) -> Vec<Backend> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,9 +54,7 @@ impl BackendRegistry {
                 h2: b.h2,
                 stats: stats
                     .entry(b.socket_addr)
-                    .or_insert_with(|| {
-                        Arc::new(BackendStats::joined(crate::policy::monotonic_ns()))
-                    })
+                    .or_insert_with(|| Arc::new(BackendStats::joined(joined_ns)))
                     .clone(),
                 pool: pools
                     .entry((
