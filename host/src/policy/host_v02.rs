@@ -119,6 +119,18 @@ impl host::Host for HostState {
         })
     }
 
+    fn loads(&mut self) -> wasmtime::Result<Vec<types::BackendLoad>> {
+        Ok(self
+            .v02
+            .loads
+            .iter()
+            .map(|&(in_flight, latency_ewma_us)| types::BackendLoad {
+                in_flight,
+                latency_ewma_us,
+            })
+            .collect())
+    }
+
     fn counter(&mut self, name: String) -> wasmtime::Result<u32> {
         if let Some(i) = self.v02.counters.iter().position(|(n, _)| **n == *name) {
             return Ok(i as u32);

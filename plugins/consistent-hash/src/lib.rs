@@ -19,7 +19,7 @@
 
 use switchyard_policy_sdk::{
     Adaptive, Backend, BackendHealth, Config, Counter, Decision, Maglev, Outcome, Policy, Request,
-    STEERING_KEYS, Steering, export_adaptive_policy, hash64, ignore_outcomes, load, nth_healthy,
+    STEERING_KEYS, Steering, export_adaptive_policy, hash64, ignore_outcomes, loads, nth_healthy,
     random_u64,
 };
 
@@ -157,10 +157,14 @@ impl Policy for ConsistentHash {
         let chosen = match self.bounded {
             None => self.table.walk(hash).find(|&i| healthy(i)),
             Some(factor) => {
+                let now = loads();
                 self.loads.clear();
                 let (mut total, mut weight_sum) = (0.0, 0.0);
                 for (i, h) in s.health.iter().enumerate() {
-                    let l = if h.healthy { load(i).in_flight } else { 0 };
+                    let l = match now.get(i) {
+                        Some(l) if h.healthy => l.in_flight,
+                        _ => 0,
+                    };
                     if h.healthy {
                         total += f64::from(l);
                         weight_sum += self.weights.get(i).copied().unwrap_or(1.0);

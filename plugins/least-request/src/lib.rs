@@ -15,7 +15,7 @@
 
 use switchyard_policy_sdk::{
     Adaptive, Backend, BackendHealth, Config, Decision, Outcome, Policy, Request, SLOW_START_KEYS,
-    STEERING_KEYS, Steering, export_adaptive_policy, ignore_outcomes, load, nth_healthy, p2c,
+    STEERING_KEYS, Steering, export_adaptive_policy, ignore_outcomes, load, loads, nth_healthy, p2c,
     random_u64, weighted_random,
 };
 
@@ -76,11 +76,14 @@ impl Policy for LeastRequest {
                 best.map(|(i, _)| i)
             }
         } else {
+            // Every backend's load in one call.
+            let loads = loads();
             self.scratch.clear();
             for (i, h) in s.health.iter().enumerate() {
                 let w = if h.healthy {
                     let weight = self.weights.get(i).copied().unwrap_or(1.0) * s.factor(i);
-                    weight / (in_flight(i) + 1.0).powf(self.bias)
+                    let busy = f64::from(loads.get(i).map_or(0, |l| l.in_flight)) + 1.0;
+                    weight / pow(busy, self.bias)
                 } else {
                     0.0
                 };
@@ -92,6 +95,17 @@ impl Policy for LeastRequest {
         chosen
             .map(Decision::to)
             .ok_or_else(|| "no healthy backend".to_string())
+    }
+}
+
+/// `x^bias`, without the cost of `powf` for the usual biases.
+fn pow(x: f64, bias: f64) -> f64 {
+    if bias == 1.0 {
+        x
+    } else if bias == 0.0 {
+        1.0
+    } else {
+        x.powf(bias)
     }
 }
 

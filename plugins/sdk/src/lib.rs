@@ -58,7 +58,8 @@
 //!   on) and [`CookieSpec`] (the cookie's name and attributes from
 //!   `policy-config`).
 //! - Host state and services: [`Counter`], [`kv_get`], [`kv_set`],
-//!   [`kv_delete`], [`load`] (a backend's in-flight requests and latency),
+//!   [`kv_delete`], [`load`] and [`loads`] (backends' in-flight requests and
+//!   latency),
 //!   [`random_u64`], [`now_ns`], [`zone`], [`watch_response_header`],
 //!   [`log`].
 //! - [`testing`]: a test double of the proxy, so `cargo test` runs a
@@ -355,6 +356,11 @@ impl Counter {
 /// Backend `index`'s in-flight requests and latency average now.
 pub fn load(index: usize) -> BackendLoad {
     sys::load(index as u32)
+}
+
+/// Every backend's load, in index order (one call to the proxy).
+pub fn loads() -> Vec<BackendLoad> {
+    sys::loads()
 }
 
 /// A value from the group's key-value store.

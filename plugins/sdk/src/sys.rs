@@ -46,6 +46,9 @@ mod imp {
     pub fn load(index: u32) -> BackendLoad {
         host::load(index)
     }
+    pub fn loads() -> Vec<BackendLoad> {
+        host::loads()
+    }
     pub fn counter(name: &str) -> u32 {
         host::counter(name)
     }
@@ -135,6 +138,9 @@ mod imp {
                 latency_ewma_us: 0,
             })
         })
+    }
+    pub fn loads() -> Vec<BackendLoad> {
+        with_host(|h| h.loads.clone())
     }
     pub fn counter(name: &str) -> u32 {
         with_host(|h| h.counter(name))
