@@ -273,7 +273,8 @@ impl Steering {
             self.factors.clear();
             for h in health {
                 let elapsed = t.saturating_sub(h.healthy_since_ns);
-                let f = if elapsed < s.window_ns {
+                // 0: there since before the proxy started; it never ramps.
+                let f = if h.healthy_since_ns != 0 && elapsed < s.window_ns {
                     ramping = true;
                     let frac = elapsed as f64 / s.window_ns as f64;
                     frac.powf(1.0 / s.aggression).max(s.min)
@@ -522,6 +523,7 @@ mod tests {
         let c = config(&[("slow-start", "10s")]);
         let mut s = Steering::new(&c, &backends, true).unwrap();
         let mut health = testing::healthy(2);
+        health[0].healthy_since_ns = 0;
         health[1].healthy_since_ns = 99_000_000_000;
         let v = s.steer(&health);
         assert!(v.ramping());
