@@ -4,6 +4,7 @@
 mod common;
 mod fixtures;
 
+mod adaptive;
 mod admin;
 mod balancing;
 mod check;

@@ -6,11 +6,17 @@
 //!   restarted on the same port. `/delay/MS` answers after MS milliseconds;
 //!   `/echo` streams the request body back; `/sha256` answers the SHA-256 of
 //!   the request body; `/bytes/N` streams N bytes of [`pattern`];
-//!   `/trailers` answers with a `grpc-status: 0` trailer.
+//!   `/trailers` answers with a `grpc-status: 0` trailer. It can be made
+//!   slow ([`Backend::set_delay`]) and counts the requests it is handling
+//!   at once ([`Backend::most_in_flight`]).
 //! - [`Proxy`]: the binary started with a TOML config in a temp dir, killed
 //!   on drop; its log is kept for assertions.
 //! - [`client`] / [`get`]: a keep-alive HTTP client that treats any status as
 //!   a response.
+//! - [`LatencyLoad`] / [`run_clients`]: keep-alive clients that record each
+//!   request's latency, status and answering backend; [`LatencyStats`],
+//!   [`percentile`], [`mean`], [`per_backend`] and [`share_of`] summarise
+//!   them.
 
 #![allow(dead_code)]
 
@@ -141,6 +147,8 @@ pub struct Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
     accepted: Arc<AtomicU64>,
     open: Arc<OpenConns>,
+    /// Requests being answered at once (from arrival to the response head).
+    in_flight: Arc<OpenConns>,
     script: Arc<Mutex<Script>>,
     stop: Option<watch::Sender<bool>>,
 }
@@ -151,6 +159,8 @@ pub struct Script {
     pub status: u16,
     /// Added to every response.
     pub headers: Vec<(String, String)>,
+    /// How long every response (any path) waits before it is answered.
+    pub delay: Duration,
 }
 
 impl Default for Script {
@@ -158,6 +168,7 @@ impl Default for Script {
         Script {
             status: 200,
             headers: Vec::new(),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -169,7 +180,7 @@ pub struct OpenConns {
     most: AtomicU64,
 }
 
-/// Counts one open connection until dropped.
+/// Counts one open connection (or request in flight) until dropped.
 struct OpenGuard(Arc<OpenConns>);
 
 impl OpenGuard {
@@ -205,9 +216,11 @@ impl Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicU64::new(0));
         let open: Arc<OpenConns> = Arc::default();
+        let in_flight: Arc<OpenConns> = Arc::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let name_owned = name.to_string();
         let (seen2, accepted2, open2) = (seen.clone(), accepted.clone(), open.clone());
+        let in_flight2 = in_flight.clone();
         let script: Arc<Mutex<Script>> = Arc::default();
         let script2 = script.clone();
         let addr = RT.block_on(async move {
@@ -217,7 +230,16 @@ impl Backend {
             let listener = socket.listen(1024).expect("listen");
             let local = listener.local_addr().expect("local addr");
             tokio::spawn(serve(
-                listener, name_owned, seen2, accepted2, open2, script2, stop_rx,
+                listener,
+                name_owned,
+                seen2,
+                Counters {
+                    accepted: accepted2,
+                    open: open2,
+                    in_flight: in_flight2,
+                },
+                script2,
+                stop_rx,
             ));
             local
         });
@@ -228,8 +250,40 @@ impl Backend {
             accepted,
             script,
             open,
+            in_flight,
             stop: Some(stop_tx),
         }
+    }
+
+    /// Delays every later response (any path) by `d` before answering;
+    /// `Duration::ZERO` answers at once again.
+    pub fn set_delay(&self, d: Duration) {
+        self.script.lock().unwrap().delay = d;
+    }
+
+    /// Requests being handled right now (from arrival until the response
+    /// head is returned).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.now.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were being handled at once since the start
+    /// or the last [`Backend::reset_most_in_flight`].
+    pub fn most_in_flight(&self) -> u64 {
+        self.in_flight.most.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting [`Backend::most_in_flight`] afresh (from the
+    /// requests in flight now).
+    pub fn reset_most_in_flight(&self) {
+        let now = self.in_flight.now.load(Ordering::SeqCst);
+        self.in_flight.most.store(now, Ordering::SeqCst);
+    }
+
+    /// How many requests were received so far (`seen().len()`, without the
+    /// copy).
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
     }
 
     /// Answers every later request with `status` (the body is still the
@@ -296,15 +350,26 @@ impl Drop for Backend {
     }
 }
 
+/// What a backend's server counts.
+struct Counters {
+    accepted: Arc<AtomicU64>,
+    open: Arc<OpenConns>,
+    in_flight: Arc<OpenConns>,
+}
+
 async fn serve(
     listener: tokio::net::TcpListener,
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    accepted: Arc<AtomicU64>,
-    open: Arc<OpenConns>,
+    counters: Counters,
     script: Arc<Mutex<Script>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Counters {
+        accepted,
+        open,
+        in_flight,
+    } = counters;
     loop {
         let stream = tokio::select! {
             _ = stop.changed() => return,
@@ -315,6 +380,7 @@ async fn serve(
         let name = name.clone();
         let seen = seen.clone();
         let script = script.clone();
+        let in_flight = in_flight.clone();
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
             let _counted = counted;
@@ -322,7 +388,12 @@ async fn serve(
                 let name = name.clone();
                 let seen = seen.clone();
                 let script = script.lock().unwrap().clone();
-                async move { Ok::<_, Infallible>(answer(req, &name, &seen, &script).await) }
+                let handling = OpenGuard::new(&in_flight);
+                async move {
+                    let resp = answer(req, &name, &seen, &script).await;
+                    drop(handling);
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -356,6 +427,9 @@ async fn answer(
         .and_then(|m| m.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if !script.delay.is_zero() {
+        tokio::time::sleep(script.delay).await;
     }
     let body = if path == "/echo" {
         req.into_body().boxed()
@@ -700,6 +774,231 @@ impl Load {
         }
         self.outcomes.lock().unwrap().clone()
     }
+}
+
+/// One request sent by a [`LatencyLoad`].
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When it was sent, counted from the start of the load.
+    pub at: Duration,
+    /// From sending the request to having read the whole response.
+    pub latency: Duration,
+    /// The backend that answered (its `x-backend` header, else the body);
+    /// empty when there was no response.
+    pub backend: String,
+    /// The response status; 0 when there was no response.
+    pub status: u16,
+}
+
+/// The headers a [`LatencyLoad`] client sends with a request, given the
+/// client's number and the request's number on that client.
+pub type HeadersFn = dyn Fn(usize, u64) -> Vec<(String, String)> + Send + Sync;
+
+/// For [`LatencyLoad::start`] and [`run_clients`]: no extra headers.
+pub fn no_headers(_client: usize, _request: u64) -> Vec<(String, String)> {
+    Vec::new()
+}
+
+/// Keep-alive clients sending `GET` in a loop until stopped, each on its
+/// own connection, recording every request as a [`Sample`].
+pub struct LatencyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    started: Instant,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LatencyLoad {
+    /// Starts `clients` clients against `url`; `headers` gives each
+    /// request's extra headers.
+    pub fn start(
+        url: &str,
+        clients: usize,
+        headers: impl Fn(usize, u64) -> Vec<(String, String)> + Send + Sync + 'static,
+    ) -> LatencyLoad {
+        LatencyLoad::start_paced(url, clients, Duration::ZERO, headers)
+    }
+
+    /// Like [`LatencyLoad::start`], each client pausing `pause` after each
+    /// request (a lighter load, for tests that count shares, not speed).
+    pub fn start_paced(
+        url: &str,
+        clients: usize,
+        pause: Duration,
+        headers: impl Fn(usize, u64) -> Vec<(String, String)> + Send + Sync + 'static,
+    ) -> LatencyLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let headers: Arc<HeadersFn> = Arc::new(headers);
+        let started = Instant::now();
+        let threads = (0..clients)
+            .map(|client_no| {
+                let (stop, samples, headers, url) = (
+                    stop.clone(),
+                    samples.clone(),
+                    headers.clone(),
+                    url.to_string(),
+                );
+                std::thread::spawn(move || {
+                    let agent = client();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut req = agent.get(&url);
+                        for (k, v) in headers(client_no, n) {
+                            req = req.header(k, v);
+                        }
+                        n += 1;
+                        let sent = Instant::now();
+                        let (status, backend) = match req.call() {
+                            Ok(mut r) => {
+                                let status = r.status().as_u16();
+                                let header = r
+                                    .headers()
+                                    .get("x-backend")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string);
+                                let body = r.body_mut().read_to_string().unwrap_or_default();
+                                (status, header.unwrap_or(body))
+                            }
+                            Err(_) => (0, String::new()),
+                        };
+                        let sample = Sample {
+                            at: sent - started,
+                            latency: sent.elapsed(),
+                            backend,
+                            status,
+                        };
+                        samples.lock().unwrap().push(sample);
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                })
+            })
+            .collect();
+        LatencyLoad {
+            stop,
+            started,
+            samples,
+            threads,
+        }
+    }
+
+    /// Time since the load started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Requests completed (answered or failed) so far.
+    pub fn sent(&self) -> usize {
+        self.samples.lock().unwrap().len()
+    }
+
+    /// The requests completed so far.
+    pub fn snapshot(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    /// Stops the clients (each finishes the request it is on); returns
+    /// every request's sample.
+    pub fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+/// Runs `clients` keep-alive clients against `url` for `duration`; every
+/// request's sample.
+pub fn run_clients(
+    url: &str,
+    clients: usize,
+    duration: Duration,
+    headers: impl Fn(usize, u64) -> Vec<(String, String)> + Send + Sync + 'static,
+) -> Vec<Sample> {
+    let load = LatencyLoad::start(url, clients, headers);
+    std::thread::sleep(duration);
+    load.stop()
+}
+
+/// The `p`-th percentile (0–100, nearest rank) of `latencies`; zero if
+/// there are none.
+pub fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The mean of `latencies`; zero if there are none.
+pub fn mean(latencies: &[Duration]) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    latencies.iter().sum::<Duration>() / latencies.len() as u32
+}
+
+/// `d` in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A summary of the latencies of some samples.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyStats {
+    pub n: usize,
+    pub mean: Duration,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl LatencyStats {
+    pub fn of(samples: &[Sample]) -> LatencyStats {
+        let l: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+        LatencyStats {
+            n: l.len(),
+            mean: mean(&l),
+            p50: percentile(&l, 50.0),
+            p90: percentile(&l, 90.0),
+            p99: percentile(&l, 99.0),
+            max: percentile(&l, 100.0),
+        }
+    }
+}
+
+impl std::fmt::Display for LatencyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n {}, mean {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.n,
+            ms(self.mean),
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.max)
+        )
+    }
+}
+
+/// How many of `samples` each backend answered (failed requests under "").
+pub fn per_backend(samples: &[Sample]) -> BTreeMap<String, usize> {
+    tally(samples.iter().map(|s| s.backend.as_str()))
+}
+
+/// The fraction of `samples` that `backend` answered (0 if there are none).
+pub fn share_of(samples: &[Sample], backend: &str) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.iter().filter(|s| s.backend == backend).count() as f64 / samples.len() as f64
 }
 
 /// `python3` of the project's environment (`.venv/`, made by `./test.sh`)
