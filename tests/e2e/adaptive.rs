@@ -225,6 +225,64 @@ fn scenario2_peak_ewma_avoids_a_backend_answering_503() {
     );
 }
 
+#[test]
+fn scenario2_every_builtin_with_eject_after_avoids_a_backend_answering_503() {
+    // (policy, extra policy-config): plain round-robin, without ejection,
+    // is the baseline the others are compared with.
+    let cases = [
+        ("round-robin", ""),
+        ("weighted", "eject-after = 5"),
+        ("sticky-session", "eject-after = 5"),
+        ("least-request", "eject-after = 5"),
+        ("peak-ewma", "eject-after = 5"),
+        (
+            "consistent-hash",
+            "key = \"header:x-user\"\neject-after = 5",
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (policy, extra) in cases {
+        let (ok1, ok2, bad) = (
+            Backend::start("ok-1"),
+            Backend::start("ok-2"),
+            Backend::start("bad"),
+        );
+        bad.set_status(503);
+        let proxy = Proxy::start(&config(
+            policy,
+            &entries(&[&ok1, &bad, &ok2]),
+            "",
+            "max-fails = 0",
+            extra,
+        ));
+        let samples = {
+            let _shared = shared();
+            run_clients(&proxy.url("/"), 4, Duration::from_secs(2), |i, n| {
+                header("x-user", format!("user-{i}-{n}"))
+            })
+        };
+        let (share, n) = share_after_first_second(&samples, "bad");
+        println!(
+            "scenario2 {policy} {}: 503 backend share after 1 s {} of {n} ({})",
+            if extra.is_empty() {
+                "(no ejection)"
+            } else {
+                "eject-after=5"
+            },
+            pct(share),
+            spread(&samples)
+        );
+        let baseline = extra.is_empty();
+        if n == 0 || (baseline && share < 0.25) || (!baseline && share > 0.05) {
+            failed.push(format!("{policy}: {} of {n}", pct(share)));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "503 backend shares after the first second off target: {failed:?}"
+    );
+}
+
 /// The value on the first `/metrics` line that mentions `ejections` (and
 /// the line), if any.
 fn ejections_metric(proxy: &Proxy) -> Option<(f64, String)> {

@@ -167,7 +167,12 @@ fn table_size(n: usize) -> usize {
 
 /// The smallest prime ≥ `n`.
 fn next_prime(n: usize) -> usize {
-    let is_prime = |k: usize| k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| k % d != 0);
+    let is_prime = |k: usize| {
+        k >= 2
+            && (2..)
+                .take_while(|d| d * d <= k)
+                .all(|d| !k.is_multiple_of(d))
+    };
     (n..).find(|&k| is_prime(k)).unwrap_or(n)
 }
 
