@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Switchyard against nginx, HAProxy and Caddy, side by side on loopback:
 # bench/run.sh (the harness, see bench/HARNESS.md) with Switchyard added as
-# targets: the Wasm round-robin, weighted and sticky-session policies, and
-# the same round-robin done natively (to see what the Wasm boundary costs).
+# targets: the Wasm round-robin, weighted, sticky-session and least-request
+# policies, and the same round-robin done natively (to see what the Wasm
+# boundary costs).
 #
 #   bench/compare.sh --quick                  # 1 round of 3 s: ~2 min
 #   bench/compare.sh                          # 3 rounds of 10 s: ~10 min
@@ -14,6 +15,8 @@
 #   bench/compare.sh --split --rounds 7       # only the Wasm and the native
 #                                             # round-robin: the Wasm share, in
 #                                             # more paired rounds
+#   bench/compare.sh --adaptive --only nginx  # round-robin, least-request and
+#                                             # native round-robin only
 #
 # Extra arguments go to bench/run.sh. Installs nginx, HAProxy, Caddy, wrk and
 # h2load from Debian if missing. Writes bench/results/<time>.{md,json} and,
@@ -23,11 +26,13 @@ cd "$(dirname "$0")/.."
 
 baseline=""
 split=""
+adaptive=""
 args=()
 while (($#)); do
     case "$1" in
         --baseline) baseline=$(realpath "$2"); shift 2 ;;
         --split) split=1; shift ;;
+        --adaptive) adaptive=1; shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -45,9 +50,14 @@ trap 'rm -rf "$work"' EXIT
 targets=()
 if [[ -n "$split" ]]; then
     specs=("switchyard|round-robin|rr|$bin" "switchyard-native|native:round-robin|rr|$bin")
+elif [[ -n "$adaptive" ]]; then
+    specs=("switchyard|round-robin|rr|$bin" "switchyard-least-request|least-request|rr|$bin"
+           "switchyard-native|native:round-robin|rr|$bin")
 else
     specs=("switchyard|round-robin|rr|$bin" "switchyard-weighted|weighted|rr|$bin"
-           "switchyard-sticky|sticky-session|cookie|$bin" "switchyard-native|native:round-robin|rr|$bin")
+           "switchyard-sticky|sticky-session|cookie|$bin"
+           "switchyard-least-request|least-request|rr|$bin"
+           "switchyard-native|native:round-robin|rr|$bin")
 fi
 if [[ -n "$baseline" ]]; then
     specs+=("baseline|round-robin|rr|$baseline" "baseline-native|native:round-robin|rr|$baseline")

@@ -11,6 +11,14 @@
 //!   (deadline armed, memory limiter on). `sticky-session` is measured with a valid cookie
 //!   (one `cookie()` read and a lookup) and without one (a weighted pick and
 //!   a `Set-Cookie`).
+//! - `adaptive`: the built-ins of issue 14 at 3 and 16 backends, with
+//!   equal weights unless the name says `weighted`: `least-request` (P2C
+//!   on in-flight), `least-request/weighted` (Envoy's weight / (in-flight +
+//!   1)), `peak-ewma`, `round-robin/eject` (`eject-after = 5`) and
+//!   `consistent-hash` keyed by a header; `round-robin` again, equal
+//!   weights, for the ratio. A policy that observes has a second row,
+//!   `/+outcome`, where one attempt ends per decision as under load (the
+//!   host's push of the outcome and its share of a batched `observe`).
 //! - `deadline`: the same decision with the epoch-deadline machinery on and
 //!   off (an engine built without epoch interruption), to show its cost.
 
@@ -22,23 +30,30 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use switchyard::config::{Config, PolicySource, UpstreamConfig};
 use switchyard::policy::{
-    BackendState, Decision, EngineOptions, Policy, PolicyEngine, RequestView, RoundRobin,
-    SharedState, WasmPolicy,
+    BackendState, Decision, EngineOptions, Observed, Policy, PolicyEngine, RequestView, RoundRobin,
+    SharedState, WasmPolicy, monotonic_ns,
 };
 
 /// An upstream of `n` backends with weights 1, 2, 3, 1, 2, 3...
 fn upstream(policy: &str, n: usize) -> UpstreamConfig {
+    upstream_with(policy, n, true, "")
+}
+
+/// An upstream of `n` backends, weighted 1, 2, 3... or all 1, with
+/// `policy_config` lines.
+fn upstream_with(policy: &str, n: usize, weighted: bool, policy_config: &str) -> UpstreamConfig {
     let backends: Vec<String> = (0..n)
         .map(|i| {
             format!(
                 "{{ name = \"backend-{i}\", address = \"127.0.0.1:{}\", weight = {} }}",
                 9000 + i,
-                1 + i % 3
+                if weighted { 1 + i % 3 } else { 1 }
             )
         })
         .collect();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.bench]\npolicy = \"{policy}\"\nbackends = [{}]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.bench]\npolicy = \"{policy}\"\nbackends = [{}]\n\
+         [upstreams.bench.policy-config]\n{policy_config}\n",
         backends.join(", ")
     );
     Config::parse(Path::new("bench.toml"), &text)
@@ -91,11 +106,20 @@ fn load(engine: &PolicyEngine, name: &str, n: usize) -> WasmPolicy {
 }
 
 fn load_from(engine: &PolicyEngine, source: PolicySource, name: &str, n: usize) -> WasmPolicy {
+    load_upstream(engine, source, &upstream(name, n), n)
+}
+
+fn load_upstream(
+    engine: &PolicyEngine,
+    source: PolicySource,
+    upstream: &UpstreamConfig,
+    n: usize,
+) -> WasmPolicy {
     let compiled = engine.compile(&source).expect("the policy compiles");
     WasmPolicy::load(
         engine,
         compiled,
-        &upstream(name, n),
+        upstream,
         Arc::new(SharedState::default()),
         &states(n),
         1,
@@ -160,6 +184,76 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
+/// The outcome of a 200 from `backend` after 250 µs, ending now.
+fn outcome(backend: &Arc<str>) -> Observed {
+    Observed {
+        backend: backend.clone(),
+        attempt: 1,
+        status: Some(200),
+        failure: None,
+        headers_us: Some(250),
+        body_us: Some(300),
+        ended_ns: monotonic_ns(),
+        headers: Vec::new(),
+    }
+}
+
+fn adaptive(c: &mut Criterion) {
+    let engine = PolicyEngine::new().expect("engine");
+    let mut group = c.benchmark_group("adaptive");
+    // (row, policy, weighted, policy-config)
+    let rows: [(&str, &str, bool, &str); 6] = [
+        ("round-robin", "round-robin", false, ""),
+        ("round-robin/eject", "round-robin", false, "eject-after = 5"),
+        ("least-request", "least-request", false, ""),
+        ("least-request/weighted", "least-request", true, ""),
+        ("peak-ewma", "peak-ewma", false, ""),
+        (
+            "consistent-hash",
+            "consistent-hash",
+            false,
+            "key = \"header:user-agent\"",
+        ),
+    ];
+    for n in [3usize, 16] {
+        let st = states(n);
+        for (row, name, weighted, config) in rows {
+            let up = upstream_with(name, n, weighted, config);
+            let policy = load_upstream(&engine, PolicySource::Builtin(name.into()), &up, n);
+            let mut req = request(None);
+            let names: Vec<Arc<str>> = (0..n).map(|i| format!("backend-{i}").into()).collect();
+            if policy.observes() {
+                // Every backend has an estimate before the clock starts.
+                for name in &names {
+                    policy.observe(outcome(name));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                decide(&policy, &mut req, &st);
+            }
+            group.bench_with_input(BenchmarkId::new(row, n), &n, |b, _| {
+                b.iter(|| black_box(decide(&policy, &mut req, black_box(&st))))
+            });
+            if policy.observes() {
+                // As under load: one attempt ends per decision (the push on
+                // the response path, and its share of a batched `observe`).
+                let mut i = 0;
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{row}/+outcome"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            i = (i + 1) % n;
+                            policy.observe(outcome(&names[i]));
+                            black_box(decide(&policy, &mut req, black_box(&st)))
+                        })
+                    },
+                );
+            }
+        }
+    }
+    group.finish();
+}
+
 fn deadline(c: &mut Criterion) {
     let mut group = c.benchmark_group("deadline");
     for (label, deadlines) in [("on", true), ("off", false)] {
@@ -176,5 +270,5 @@ fn deadline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, deadline);
+criterion_group!(benches, decision, adaptive, deadline);
 criterion_main!(benches);
