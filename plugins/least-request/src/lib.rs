@@ -15,8 +15,8 @@
 
 use switchyard_policy_sdk::{
     Adaptive, Backend, BackendHealth, Config, Decision, Outcome, Policy, Request, SLOW_START_KEYS,
-    STEERING_KEYS, Steering, export_adaptive_policy, ignore_outcomes, load, loads, nth_healthy, p2c,
-    random_u64, weighted_random,
+    STEERING_KEYS, Steering, export_adaptive_policy, ignore_outcomes, load, loads, nth_healthy,
+    p2c, random_u64, weighted_random,
 };
 
 /// Power of `choices` choices by requests in flight.
