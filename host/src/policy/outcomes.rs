@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::api::Observed;
 use super::bindings::v02::switchyard::policy::types::Outcome;
 use super::contract::{Members, outcome_for};
+use super::host_impl::monotonic_ns;
 
 /// Outcomes kept for instances that have not seen them yet.
 pub const KEPT: usize = 256;
@@ -56,6 +57,42 @@ impl OutcomeLog {
                 .filter_map(|o| outcome_for(o, members)),
         );
         head
+    }
+}
+
+/// Outcomes are delivered in batches: once [`BATCH`] are waiting, or
+/// [`INTERVAL_NS`] after the instance's last delivery, so that a busy
+/// instance pays for one `observe` call per batch rather than one per
+/// request (a call costs about as much as a `select`).
+pub const BATCH: u64 = 32;
+/// See [`BATCH`].
+pub const INTERVAL_NS: u64 = 1_000_000;
+
+/// [`Reader`] is one instance's place in the log.
+#[derive(Default)]
+pub struct Reader {
+    /// Its position: from 0, so that its first call brings the group's
+    /// recent outcomes and a replacement instance does not start blind.
+    seen: u64,
+    /// When it was last told outcomes (monotonic ns).
+    told_ns: u64,
+    /// Reused buffer for what it is told.
+    batch: Vec<Outcome>,
+}
+
+impl Reader {
+    /// The outcomes to tell the instance now, if a batch is due and not
+    /// empty (see [`BATCH`]).
+    pub fn batch(&mut self, log: &OutcomeLog, members: &Members) -> Option<&[Outcome]> {
+        let waiting = log.head().saturating_sub(self.seen);
+        let due = waiting >= BATCH
+            || (waiting > 0 && monotonic_ns().saturating_sub(self.told_ns) >= INTERVAL_NS);
+        if !due {
+            return None;
+        }
+        self.seen = log.since(self.seen, members, &mut self.batch);
+        self.told_ns = monotonic_ns();
+        (!self.batch.is_empty()).then_some(self.batch.as_slice())
     }
 }
 

@@ -26,13 +26,13 @@ use super::api::{
     BackendState, Decision, LoadError, Observed, Policy, PolicyFailure, PolicyStatus, RequestView,
     describe,
 };
-use super::bindings::{types, v02};
+use super::bindings::types;
 use super::contract::{Exports, LastHealth, Members};
 use super::engine::{Compiled, PolicyEngine};
 use super::health::{Health, Record};
 use super::host_impl::{HostState, LogLimiter, monotonic_ns};
 use super::limits::{self, Effective, effective};
-use super::outcomes::OutcomeLog;
+use super::outcomes::{OutcomeLog, Reader};
 use super::sandbox::{Ticker, deadline_ticks};
 use super::shared::SharedState;
 use super::verdict::{classify, dead, panic_message, setup_failure};
@@ -107,12 +107,8 @@ struct Live {
     last: LastHealth,
     /// The membership generation it was configured or updated for.
     generation: u64,
-    /// Its position in the outcome log.
-    seen: u64,
-    /// When it was last told outcomes (monotonic ns).
-    observed_at: u64,
-    /// Reused buffer for the outcomes it is told.
-    observed: Vec<v02::switchyard::policy::types::Outcome>,
+    /// What it has been told of the group's outcomes.
+    outcomes: Reader,
 }
 
 impl WasmPolicy {
@@ -210,21 +206,6 @@ impl WasmPolicy {
     }
 }
 
-/// Outcomes are delivered in batches: once [`OBSERVE_BATCH`] are waiting,
-/// or [`OBSERVE_INTERVAL_NS`] after the instance's last delivery, so that
-/// a busy instance pays for one `observe` call per batch rather than one
-/// per request (a call costs about as much as a `select`).
-pub const OBSERVE_BATCH: u64 = 32;
-/// See [`OBSERVE_BATCH`].
-pub const OBSERVE_INTERVAL_NS: u64 = 1_000_000;
-
-/// Whether `live` should be told the outcomes waiting for it now.
-fn observe_due(log: &OutcomeLog, live: &Live) -> bool {
-    let waiting = log.head().saturating_sub(live.seen);
-    waiting >= OBSERVE_BATCH
-        || (waiting > 0 && monotonic_ns().saturating_sub(live.observed_at) >= OBSERVE_INTERVAL_NS)
-}
-
 impl Inner {
     /// The group's outcomes, when the policy observes them (exports
     /// `observer` and its configuration did not decline them).
@@ -289,22 +270,6 @@ impl Inner {
             }
         }
         Ok(())
-    }
-
-    fn status_now(&self) -> PolicyStatus {
-        PolicyStatus {
-            source: self.name.clone(),
-            file: matches!(self.compiled.source, crate::config::PolicySource::File(_)),
-            digest: self.compiled.digest.clone(),
-            size: self.compiled.size,
-            loaded_at: self.loaded_at,
-            healthy: self.health.healthy(),
-            consecutive_failures: self.health.consecutive(),
-            memory: (self.sandbox.memory, self.limits.memory_from),
-            timeout: (self.sandbox.timeout, self.limits.timeout_from),
-            contract: self.compiled.pre.contract(),
-            exports: self.compiled.pre.exports(),
-        }
     }
 
     /// Arms the deadline for the next guest call: `ticks` epochs from now.
@@ -378,11 +343,7 @@ impl Inner {
             scratch: Vec::with_capacity(members.len()),
             last: LastHealth::default(),
             generation: members.generation,
-            // From the start: its first call brings the group's recent
-            // outcomes, so a replacement instance does not start blind.
-            seen: 0,
-            observed_at: 0,
-            observed: Vec::new(),
+            outcomes: Reader::default(),
         })
     }
 
@@ -410,15 +371,10 @@ impl Inner {
             }
         }
         if let Some(log) = self.outcome_log()
-            && observe_due(log, live)
+            && let Some(batch) = live.outcomes.batch(log, members)
+            && let Err(e) = live.exports.observe(&mut live.store, batch)
         {
-            live.seen = log.since(live.seen, members, &mut live.observed);
-            live.observed_at = monotonic_ns();
-            if !live.observed.is_empty()
-                && let Err(e) = live.exports.observe(&mut live.store, &live.observed)
-            {
-                return Err(failed(live, &e));
-            }
+            return Err(failed(live, &e));
         }
         // SAFETY: the loan ends below, before `req` can be used again; a
         // panic in a host function is caught first.
@@ -626,6 +582,19 @@ impl Policy for WasmPolicy {
     }
 
     fn status(&self) -> PolicyStatus {
-        self.inner.status_now()
+        let i = &self.inner;
+        PolicyStatus {
+            source: i.name.clone(),
+            file: matches!(i.compiled.source, crate::config::PolicySource::File(_)),
+            digest: i.compiled.digest.clone(),
+            size: i.compiled.size,
+            loaded_at: i.loaded_at,
+            healthy: i.health.healthy(),
+            consecutive_failures: i.health.consecutive(),
+            memory: (i.sandbox.memory, i.limits.memory_from),
+            timeout: (i.sandbox.timeout, i.limits.timeout_from),
+            contract: i.compiled.pre.contract(),
+            exports: i.compiled.pre.exports(),
+        }
     }
 }
