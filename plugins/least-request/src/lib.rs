@@ -132,3 +132,56 @@ impl Adaptive for LeastRequest {
 }
 
 export_adaptive_policy!(LeastRequest);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_policy_sdk::testing::{self, TestRequest};
+
+    fn picks(p: &mut LeastRequest, n: usize) -> Vec<usize> {
+        let health = testing::healthy(3);
+        let mut seen = vec![0; 3];
+        for _ in 0..n {
+            seen[testing::select(p, &TestRequest::get("/"), &health)
+                .unwrap()
+                .backend as usize] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn the_busiest_backend_is_never_chosen_of_two() {
+        testing::reset();
+        let mut p =
+            LeastRequest::configure(&Config::default(), &testing::backends(&["a", "b", "c"]))
+                .unwrap();
+        testing::set_load(0, 1, 0);
+        testing::set_load(1, 5, 0);
+        testing::set_load(2, 0, 0);
+        let seen = picks(&mut p, 300);
+        assert_eq!(seen[1], 0, "{seen:?}");
+        assert!(seen[2] > seen[0], "{seen:?}");
+    }
+
+    #[test]
+    fn unequal_weights_share_by_weight_when_idle() {
+        testing::reset();
+        let mut backends = testing::backends(&["a", "b", "c"]);
+        backends[0].weight = 2;
+        let mut p = LeastRequest::configure(&Config::default(), &backends).unwrap();
+        let seen = picks(&mut p, 4000);
+        // 2:1:1
+        assert!((1800..2200).contains(&seen[0]), "{seen:?}");
+        assert!((800..1200).contains(&seen[1]), "{seen:?}");
+    }
+
+    #[test]
+    fn choices_and_bias_are_checked() {
+        testing::reset();
+        let b = testing::backends(&["a"]);
+        let c = |k: &str, v: &str| Config::new(vec![(k.to_string(), v.to_string())]);
+        assert!(LeastRequest::configure(&c("choices", "1"), &b).is_err());
+        assert!(LeastRequest::configure(&c("bias", "-1"), &b).is_err());
+        assert!(LeastRequest::configure(&c("choices", "3"), &b).is_ok());
+    }
+}
