@@ -167,15 +167,7 @@ pub fn parse_duration_ns(raw: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
+    use crate::test_config as config;
 
     #[test]
     fn parse_or_uses_the_default_only_when_the_key_is_absent() {

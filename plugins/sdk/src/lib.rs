@@ -554,6 +554,17 @@ macro_rules! __export_selector {
     };
 }
 
+/// A `policy-config` of `pairs`, for the unit tests of every module.
+#[cfg(test)]
+pub(crate) fn test_config(pairs: &[(&str, &str)]) -> Config {
+    Config::new(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 /// Backend health for the unit tests of every module.
 #[cfg(test)]
 pub(crate) fn test_states(healthy: &[bool]) -> Vec<BackendHealth> {

@@ -417,16 +417,8 @@ pub fn weighted_random(health: &[BackendHealth], weight: impl Fn(usize) -> f64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_config as config;
     use crate::testing::{self, failed, response};
-
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
 
     fn zoned(zones: &[&str]) -> Vec<Backend> {
         let mut b = testing::backends(&["a", "b", "c", "d"][..zones.len()]);
