@@ -7,13 +7,24 @@
 //! traffic in the proxy's zone until it has too few healthy backends; and
 //! bad `policy-config` values are refused by `switchyard check`.
 //!
-//! Every test prints its figures on lines starting with `scenarioN`.
+//! Every test prints its figures on lines starting with `scenarioN`, to
+//! standard error past the test harness's capture, so they show in CI's
+//! log even when the tests pass.
 
 use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+
+/// `println!` that the test harness does not capture (it captures only the
+/// `print!` family), so a passing test's figures still reach the log.
+macro_rules! figures {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 /// Scenario 1 measures latencies, so it runs alone: it holds this
 /// exclusively, and the other tests' heavy loads hold it shared.
@@ -115,7 +126,7 @@ fn one_slow_of_three(policy: &str) -> (f64, LatencyStats) {
     assert_eq!(failed, 0, "{policy}: {failed} requests failed");
     let share = share_of(&samples, "slow");
     let stats = LatencyStats::of(&samples);
-    println!(
+    figures!(
         "scenario1 {policy}: slow share {}, mean {:.1} ms, p99 {:.1} ms ({stats}; {})",
         pct(share),
         ms(stats.mean),
@@ -131,7 +142,7 @@ fn scenario1_least_request_and_peak_ewma_avoid_a_slow_backend() {
     let (rr_share, rr) = one_slow_of_three("round-robin");
     let (lr_share, lr) = one_slow_of_three("least-request");
     let (pe_share, pe) = one_slow_of_three("peak-ewma");
-    println!(
+    figures!(
         "scenario1 summary: slow share rr {} / lr {} / pe {}; mean rr {:.1} / lr {:.1} ms ({:.1}x); p99 rr {:.1} / pe {:.1} ms ({:.1}x)",
         pct(rr_share),
         pct(lr_share),
@@ -204,7 +215,7 @@ fn scenario2_peak_ewma_avoids_a_backend_answering_503() {
         run_clients(&proxy.url("/"), 8, Duration::from_secs(3), no_headers)
     };
     let (share, n) = share_after_first_second(&samples, "bad");
-    println!(
+    figures!(
         "scenario2 peak-ewma: 503 backend share after 1 s {} of {n}; overall {} ({})",
         pct(share),
         pct(share_of(&samples, "bad")),
@@ -262,7 +273,7 @@ fn scenario2_every_builtin_with_eject_after_avoids_a_backend_answering_503() {
             })
         };
         let (share, n) = share_after_first_second(&samples, "bad");
-        println!(
+        figures!(
             "scenario2 {policy} {}: 503 backend share after 1 s {} of {n} ({})",
             if extra.is_empty() {
                 "(no ejection)"
@@ -316,7 +327,7 @@ fn scenario2_round_robin_ejects_a_backend_answering_503_and_takes_it_back() {
     std::thread::sleep(Duration::from_secs(3));
     let samples = load.snapshot();
     let (share, n) = share_after_first_second(&samples, "bad");
-    println!(
+    figures!(
         "scenario2 round-robin eject-after=5 eject-for=2s: 503 backend share after 1 s {} of {n}; overall {} ({})",
         pct(share),
         pct(share_of(&samples, "bad")),
@@ -335,7 +346,7 @@ fn scenario2_round_robin_ejects_a_backend_answering_503_and_takes_it_back() {
     drop(guard);
     let last: Vec<Sample> = all.iter().filter(|s| s.at >= since).cloned().collect();
     let back_share = share_of(&last, "bad");
-    println!(
+    figures!(
         "scenario2 round-robin eject: fixed backend back after {:.2} s; then share {} ({})",
         back_after.as_secs_f64(),
         pct(back_share),
@@ -347,7 +358,7 @@ fn scenario2_round_robin_ejects_a_backend_answering_503_and_takes_it_back() {
         .filter(|l| l.contains("WARN") && l.contains("ejected"))
         .count();
     let metric = ejections_metric(&proxy);
-    println!(
+    figures!(
         "scenario2 round-robin eject: {warned} warn lines with \"ejected\"; metric {:?}",
         metric.as_ref().map(|m| &m.1)
     );
@@ -447,7 +458,7 @@ fn scenario3_consistent_hash_spreads_by_weight_agrees_and_moves_few_keys() {
             off.push(b.name.clone());
         }
     }
-    println!("scenario3 consistent-hash spread: {}", figures.join(", "));
+    figures!("scenario3 consistent-hash spread: {}", figures.join(", "));
 
     // A second process with the same config maps every sampled key the same.
     let sample: Vec<String> = keys.iter().step_by(5).cloned().collect();
@@ -462,7 +473,7 @@ fn scenario3_consistent_hash_spreads_by_weight_agrees_and_moves_few_keys() {
         .filter(|(_, (a, b))| a != b)
         .map(|(k, (a, b))| format!("{k}: {a} vs {b}"))
         .collect::<Vec<_>>();
-    println!(
+    figures!(
         "scenario3 consistent-hash two processes: {} of {} sampled keys differ",
         disagree.len(),
         sample.len()
@@ -498,7 +509,7 @@ fn scenario3_consistent_hash_spreads_by_weight_agrees_and_moves_few_keys() {
         .zip(&after)
         .filter(|(a, b)| *a != "h3" && a != b)
         .count();
-    println!(
+    figures!(
         "scenario3 consistent-hash remove h3: {moved} of {} keys moved ({}); h3 had {on_h3}, {h3_stayed} of them stayed; {others_moved} keys of other backends moved ({})",
         keys.len(),
         pct(moved as f64 / keys.len() as f64),
@@ -599,7 +610,7 @@ fn scenario3_bounded_load_caps_what_hot_keys_put_on_one_backend() {
     let _shared = shared();
     let plain_run = hammer(&proxy, &hs, &hot);
     let unbounded = plain_run.most();
-    println!(
+    figures!(
         "scenario3 consistent-hash hot keys {hot:?} without bounded-load: most in flight per backend {unbounded:?}, {} requests ({})",
         plain_run.samples.len(),
         spread(&plain_run.samples)
@@ -613,7 +624,7 @@ fn scenario3_bounded_load_caps_what_hot_keys_put_on_one_backend() {
     ));
     let bounded_run = hammer(&proxy, &hs, &hot);
     let (bounded, s2) = (bounded_run.most(), &bounded_run.samples);
-    println!(
+    figures!(
         "scenario3 consistent-hash hot keys with bounded-load = 1.25: most in flight per backend {bounded:?} (limit {limit:.2}; first 0.5 s {:?}, then {:?}), {} requests ({})",
         bounded_run.burst,
         bounded_run.steady,
@@ -683,14 +694,14 @@ fn scenario4_slow_start_ramps_up_a_backend_added_by_reload() {
             ))
         })
         .collect();
-    println!(
+    figures!(
         "scenario4 slow-start 10s: new backend share per second after the reload: {}",
         per_second.join(" ")
     );
     let early = window(Duration::ZERO, Duration::from_secs(1));
     let late = window(Duration::from_millis(10_500), Duration::from_secs(1));
     let (early_share, late_share) = (share_of(&early, "new"), share_of(&late, "new"));
-    println!(
+    figures!(
         "scenario4 slow-start 10s: first second {} of {} ({}); after 10.5 s {} of {} ({})",
         pct(early_share),
         early.len(),
@@ -741,7 +752,7 @@ fn scenario5_prefer_zone_keeps_traffic_home_until_a_zone_backend_fails() {
     std::thread::sleep(Duration::from_millis(1500));
     let home = home.stop();
     let zone_b = |s: &[Sample]| share_of(s, "b1") + share_of(s, "b2");
-    println!(
+    figures!(
         "scenario5 prefer-zone both zone-a up: zone b share {} ({})",
         pct(zone_b(&home)),
         spread(&home)
@@ -753,7 +764,7 @@ fn scenario5_prefer_zone_keeps_traffic_home_until_a_zone_backend_fails() {
     let spill = LatencyLoad::start_paced(&url, 2, pause, no_headers);
     std::thread::sleep(Duration::from_millis(1500));
     let spill = spill.stop();
-    println!(
+    figures!(
         "scenario5 prefer-zone a1 stopped: zone b share {} ({})",
         pct(zone_b(&spill)),
         spread(&spill)
@@ -849,7 +860,7 @@ fn scenario6_bad_policy_config_values_are_refused_by_check() {
     ];
     for (policy, pc) in &good {
         let (ok, text, _) = check(&check_config_text(policy, pc));
-        println!("scenario6 good {policy}: accepted {ok}");
+        figures!("scenario6 good {policy}: accepted {ok}");
         assert!(ok, "check refused a good {policy} config:\n{text}");
     }
 
@@ -891,7 +902,7 @@ fn scenario6_bad_policy_config_values_are_refused_by_check() {
             .lines()
             .find(|l| l.contains(&needle))
             .unwrap_or("<not named>");
-        println!("scenario6 {policy} `{to}`: refused {}, says: {line}", !ok);
+        figures!("scenario6 {policy} `{to}`: refused {}, says: {line}", !ok);
         // Named as `file:line:column: ... policy-config.KEY: reason`.
         let placed = line.starts_with(&format!("{path}:"));
         let reason = line
