@@ -195,8 +195,10 @@ fn share_after_first_second(samples: &[Sample], backend: &str) -> (f64, usize) {
     (share_of(&late, backend), late.len())
 }
 
-#[test]
-fn scenario2_peak_ewma_avoids_a_backend_answering_503() {
+/// A fresh proxy with `policy` (and `policy_config`) over three fresh
+/// backends, `bad` answering 503 to everything; `max-fails = 0`, so only
+/// the policy can keep requests off it. Returns (proxy, (ok-1, ok-2, bad)).
+fn one_503_of_three(policy: &str, policy_config: &str) -> (Proxy, (Backend, Backend, Backend)) {
     let (ok1, ok2, bad) = (
         Backend::start("ok-1"),
         Backend::start("ok-2"),
@@ -204,12 +206,18 @@ fn scenario2_peak_ewma_avoids_a_backend_answering_503() {
     );
     bad.set_status(503);
     let proxy = Proxy::start(&config(
-        "peak-ewma",
+        policy,
         &entries(&[&ok1, &bad, &ok2]),
         "",
         "max-fails = 0",
-        "",
+        policy_config,
     ));
+    (proxy, (ok1, ok2, bad))
+}
+
+#[test]
+fn scenario2_peak_ewma_avoids_a_backend_answering_503() {
+    let (proxy, (_ok1, _ok2, _bad)) = one_503_of_three("peak-ewma", "");
     let samples = {
         let _shared = shared();
         run_clients(&proxy.url("/"), 8, Duration::from_secs(3), no_headers)
@@ -253,19 +261,7 @@ fn scenario2_every_builtin_with_eject_after_avoids_a_backend_answering_503() {
     ];
     let mut failed = Vec::new();
     for (policy, extra) in cases {
-        let (ok1, ok2, bad) = (
-            Backend::start("ok-1"),
-            Backend::start("ok-2"),
-            Backend::start("bad"),
-        );
-        bad.set_status(503);
-        let proxy = Proxy::start(&config(
-            policy,
-            &entries(&[&ok1, &bad, &ok2]),
-            "",
-            "max-fails = 0",
-            extra,
-        ));
+        let (proxy, (_ok1, _ok2, _bad)) = one_503_of_three(policy, extra);
         let samples = {
             let _shared = shared();
             run_clients(&proxy.url("/"), 4, Duration::from_secs(2), |i, n| {
@@ -309,19 +305,8 @@ fn ejections_metric(proxy: &Proxy) -> Option<(f64, String)> {
 
 #[test]
 fn scenario2_round_robin_ejects_a_backend_answering_503_and_takes_it_back() {
-    let (ok1, ok2, bad) = (
-        Backend::start("ok-1"),
-        Backend::start("ok-2"),
-        Backend::start("bad"),
-    );
-    bad.set_status(503);
-    let proxy = Proxy::start(&config(
-        "round-robin",
-        &entries(&[&ok1, &bad, &ok2]),
-        "",
-        "max-fails = 0",
-        "eject-after = 5\neject-for = \"2s\"",
-    ));
+    let (proxy, (_ok1, _ok2, bad)) =
+        one_503_of_three("round-robin", "eject-after = 5\neject-for = \"2s\"");
     let guard = shared();
     let load = LatencyLoad::start(&proxy.url("/"), 8, no_headers);
     std::thread::sleep(Duration::from_secs(3));
@@ -793,20 +778,6 @@ fn scenario5_prefer_zone_keeps_traffic_home_until_a_zone_backend_fails() {
 
 // ---------------------------------------------------------------- scenario 6
 
-/// `switchyard check` on `config`: (success, stdout + stderr, the
-/// config's path).
-fn check(text: &str) -> (bool, String, String) {
-    let dir = TempDir::new("adaptive-check");
-    let path = dir.write("switchyard.toml", text);
-    let out = check_config(&path);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text, path.display().to_string())
-}
-
 fn check_config_text(policy: &str, policy_config: &str) -> String {
     let list = [
         "{ name = \"a\", address = \"127.0.0.1:19001\", weight = 2, tags = { zone = \"a\" } }"
@@ -859,7 +830,7 @@ fn scenario6_bad_policy_config_values_are_refused_by_check() {
         ),
     ];
     for (policy, pc) in &good {
-        let (ok, text, _) = check(&check_config_text(policy, pc));
+        let (ok, text, _) = check_with(&check_config_text(policy, pc), |_| {});
         figures!("scenario6 good {policy}: accepted {ok}");
         assert!(ok, "check refused a good {policy} config:\n{text}");
     }
@@ -896,7 +867,8 @@ fn scenario6_bad_policy_config_values_are_refused_by_check() {
     for (policy, from, to, key) in bad {
         let pc = &good.iter().find(|(p, _)| *p == policy).unwrap().1;
         assert!(pc.contains(from), "{pc}");
-        let (ok, text, path) = check(&check_config_text(policy, &pc.replace(from, to)));
+        let (ok, text, path) =
+            check_with(&check_config_text(policy, &pc.replace(from, to)), |_| {});
         let needle = format!("policy-config.{key}");
         let line = text
             .lines()

@@ -21,21 +21,6 @@ path-prefix = "/"
 upstream = "app"
 "#;
 
-/// Runs `switchyard check` on `config` (after `prepare` adds files next to
-/// it); returns (success, stdout + stderr, config path).
-fn check_with(config: &str, prepare: impl FnOnce(&TempDir)) -> (bool, String, String) {
-    let dir = TempDir::new("check");
-    prepare(&dir);
-    let path = dir.write("switchyard.toml", config);
-    let out = check_config(&path);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text, path.display().to_string())
-}
-
 fn refused(config: &str, prepare: impl FnOnce(&TempDir), line: usize, reason: &str) {
     let (ok, text, path) = check_with(config, prepare);
     assert!(!ok, "check accepted a broken config:\n{text}");

@@ -63,6 +63,21 @@ pub fn check_config(path: &Path) -> std::process::Output {
         .expect("run switchyard check")
 }
 
+/// Runs `switchyard check` on `config` (after `prepare` adds files next to
+/// it); returns (success, stdout + stderr, config path).
+pub fn check_with(config: &str, prepare: impl FnOnce(&TempDir)) -> (bool, String, String) {
+    let dir = TempDir::new("check");
+    prepare(&dir);
+    let path = dir.write("switchyard.toml", config);
+    let out = check_config(&path);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text, path.display().to_string())
+}
+
 static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
