@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
 use switchyard::control::app::App;
-use switchyard::control::{limits, runtime, serve};
+use switchyard::control::{limits, runtime, serve, simulate};
 use switchyard::policy::builtin;
 use switchyard_tools::{authoring, demo};
 
@@ -61,6 +61,33 @@ enum Command {
         /// Write each built-in policy to DIR/NAME.wasm.
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
+    },
+    /// Run an upstream's policy, and others to compare, against simulated
+    /// backends on a virtual clock.
+    Simulate {
+        /// The TOML configuration.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The scenario: traffic, backends, events (see the README).
+        #[arg(short, long)]
+        scenario: PathBuf,
+        /// The upstream (default: the config's only one).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Another policy to compare: a built-in name or a .wasm path (run
+        /// without the upstream's policy-config). May be repeated.
+        #[arg(long = "policy", value_name = "NAME|PATH")]
+        policies: Vec<String>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also write each backend's share over time as an SVG chart.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Replay the requests of a JSON access log instead of the
+        /// scenario's synthetic traffic.
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<PathBuf>,
     },
     /// Tools for writing policies.
     Policy {
@@ -169,6 +196,35 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),
+        Command::Simulate {
+            config,
+            scenario,
+            upstream,
+            policies,
+            json,
+            svg,
+            access_log,
+        } => {
+            let started = std::time::Instant::now();
+            let report = simulate::run(&simulate::Options {
+                config,
+                scenario,
+                upstream,
+                policies,
+                access_log,
+            })?;
+            if let Some(file) = svg {
+                std::fs::write(&file, report.svg())
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
+            print!("{}", if json { report.json() } else { report.text() });
+            tracing::info!(
+                "simulated {} policies in {:.2} s",
+                report.runs.len(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { policy, listen } => {
             let looks_like_file =
                 policy.contains('/') || policy.contains('\\') || policy.ends_with(".wasm");

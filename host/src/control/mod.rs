@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod reload;
 pub mod runtime;
 pub mod serve;
+pub mod simulate;
 pub mod watch;

@@ -4,7 +4,7 @@
 //! bindings are in [`super::host_v01`] and [`super::host_v02`].
 
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -329,9 +329,33 @@ impl wasmtime::ResourceLimiter for HostState {
 /// The proxy's start, the zero of `now-ns`.
 static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
-/// Nanoseconds since the proxy started (monotonic).
+/// The simulated time, in a process that `switchyard simulate` switched
+/// to a virtual clock ([`use_virtual_clock`]); unset in the proxy.
+static VIRTUAL_NS: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+
+/// Nanoseconds since the proxy started (monotonic), or the simulated time
+/// once [`use_virtual_clock`] was called.
 pub fn monotonic_ns() -> u64 {
-    EPOCH.elapsed().as_nanos() as u64
+    match VIRTUAL_NS.get() {
+        Some(t) => t.load(Ordering::Relaxed),
+        None => EPOCH.elapsed().as_nanos() as u64,
+    }
+}
+
+/// Switches this process's monotonic clock, the one policies see as
+/// `now-ns` and the upstreams use for health, to a virtual one that only
+/// [`set_virtual_ns`] moves. For the simulator; there is no way back.
+pub fn use_virtual_clock(start_ns: u64) {
+    VIRTUAL_NS
+        .get_or_init(|| AtomicU64::new(start_ns))
+        .store(start_ns, Ordering::Relaxed);
+}
+
+/// Moves the virtual clock (no effect before [`use_virtual_clock`]).
+pub fn set_virtual_ns(ns: u64) {
+    if let Some(t) = VIRTUAL_NS.get() {
+        t.store(ns, Ordering::Relaxed);
+    }
 }
 
 /// The host the request names: `Host` header, else the URI authority; no

@@ -32,7 +32,10 @@ pub use api::{
 };
 pub use engine::{Compiled, EngineOptions, PolicyEngine};
 pub use health::{PROBE_INTERVAL, WINDOW};
-pub use host_impl::{find_cookie, joined as joined_header, monotonic_ns, request_host};
+pub use host_impl::{
+    find_cookie, joined as joined_header, monotonic_ns, request_host, set_virtual_ns,
+    use_virtual_clock,
+};
 pub use limits::{Requested, SECTION as LIMITS_SECTION, Source as LimitSource};
 pub use native::RoundRobin;
 pub use plugin::WasmPolicy;
