@@ -9,7 +9,7 @@
 //! Formats:
 //! - `common`: NCSA common log format plus upstream fields,
 //!   `127.0.0.1 - - [26/Nov/2026:13:08:46 +0000] "GET /a HTTP/1.1" 200 5 backend=a upstream_time=0.001 time=0.002`
-//! - `json`: `{"time":"2026-11-26T13:08:46Z","client":"127.0.0.1","method":"GET",...}`
+//! - `json`: `{"time":"2026-11-26T13:08:46Z","client":"127.0.0.1","method":"GET","host":"example.com",...}`
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -38,6 +38,8 @@ pub struct Entry {
     pub client: IpAddr,
     /// Request method.
     pub method: Method,
+    /// The host the request named (`Host` or the URI's authority).
+    pub host: Option<String>,
     /// Path and query as sent.
     pub target: String,
     /// Protocol version.
@@ -236,6 +238,7 @@ fn json(l: &Line, out: &mut String) {
         "time": humantime::format_rfc3339_millis(e.time).to_string(),
         "client": e.client.to_string(),
         "method": e.method.as_str(),
+        "host": e.host,
         "target": e.target,
         "protocol": version(e.version),
         "status": e.status,
@@ -258,6 +261,7 @@ mod tests {
                 started: Instant::now(),
                 client: IpAddr::from([127, 0, 0, 1]),
                 method: Method::GET,
+                host: Some("example.com".into()),
                 target: "/a?\"q\"".into(),
                 version: Version::HTTP_11,
                 status: 200,

@@ -59,6 +59,7 @@ struct LogHead {
     time: SystemTime,
     started: Instant,
     method: Method,
+    host: Option<String>,
     target: String,
     version: Version,
 }
@@ -69,6 +70,7 @@ impl LogHead {
             time: SystemTime::now(),
             started: Instant::now(),
             method: parts.method.clone(),
+            host: crate::policy::request_host(parts).map(str::to_string),
             target: parts.uri.path_and_query().map_or_else(
                 || parts.uri.path().to_string(),
                 |pq| pq.as_str().to_string(),
@@ -202,6 +204,7 @@ fn finish(
         started: head.started,
         client,
         method: head.method,
+        host: head.host,
         target: head.target,
         version: head.version,
         status: resp.status().as_u16(),
