@@ -19,6 +19,7 @@ use crate::common::*;
 
 /// `println!` that the test harness does not capture (it captures only the
 /// `print!` family), so a passing test's figures still reach the log.
+#[macro_export]
 macro_rules! figures {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -30,7 +31,7 @@ macro_rules! figures {
 /// exclusively, and the other tests' heavy loads hold it shared.
 static QUIET: RwLock<()> = RwLock::new(());
 
-fn alone() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn alone() -> RwLockWriteGuard<'static, ()> {
     QUIET.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -113,7 +114,7 @@ fn header(name: &str, value: String) -> Vec<(String, String)> {
 
 /// Eight keep-alive clients for 3 s against three fresh backends, one of
 /// them answering 50 ms late, behind `policy` on a fresh proxy.
-fn one_slow_of_three(policy: &str) -> (f64, LatencyStats) {
+pub(crate) fn one_slow_of_three(policy: &str) -> (f64, LatencyStats) {
     let (f1, f2, slow) = (
         Backend::start("fast-1"),
         Backend::start("fast-2"),

@@ -129,6 +129,7 @@ fn the_access_log_has_a_line_per_request() {
         .collect();
     assert_eq!(lines[0]["target"], "/one?x=1");
     assert_eq!(lines[0]["method"], "GET");
+    assert_eq!(lines[0]["host"], "127.0.0.1");
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["bytes"], 1);
     assert_eq!(lines[0]["backend"], "a");

@@ -23,3 +23,4 @@ mod protocols;
 mod reload;
 mod resilience;
 mod sandbox;
+mod simulate;

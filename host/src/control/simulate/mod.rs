@@ -213,6 +213,12 @@ fn simulate_one(
     // The host's `random` import draws from this thread's generator.
     fastrand::seed(scenario.seed);
     let mut rng = fastrand::Rng::with_seed(scenario.seed ^ 0x5eed_5eed_5eed_5eed);
+    // Each entry is its own simulated backend, even where the config
+    // gives two the same address (the registry would make them one).
+    let mut group = group;
+    for (i, b) in group.backends.iter_mut().enumerate() {
+        b.socket_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1 + i as u16));
+    }
     let backends =
         BackendRegistry::default().backends(&group, 0, |b| app.metrics.backend(&group.name, b));
     let mut sim: Vec<SimBackend> = backends
