@@ -144,33 +144,25 @@ struct Pending {
     _in_flight: InFlight,
 }
 
-/// A backend's behaviour now, and the draws it makes.
-struct SimBackend {
-    model: BackendModel,
-}
-
-impl SimBackend {
-    /// How long the answer takes and what it is, given `busy` requests
-    /// already in progress on it.
-    fn answer(&self, rng: &mut fastrand::Rng, busy: u32) -> (StatusCode, Duration) {
-        let m = &self.model;
-        if m.errors > 0.0 && rng.f64() < m.errors {
-            return (StatusCode::SERVICE_UNAVAILABLE, m.error_latency);
-        }
-        let median = m.latency.as_secs_f64();
-        let p99 = m.p99.map_or(median * 2.0, |p| p.as_secs_f64());
-        // Log-normal: p99 is 2.326 standard deviations above the median.
-        let sigma = if median > 0.0 {
-            (p99 / median).ln() / 2.326_348
-        } else {
-            0.0
-        };
-        let mut secs = median * (sigma * normal(rng)).exp();
-        if m.capacity > 0 && busy >= m.capacity {
-            secs *= f64::from(busy + 1) / f64::from(m.capacity);
-        }
-        (StatusCode::OK, Duration::from_secs_f64(secs))
+/// How long backend `m` takes to answer and what, given `busy` requests
+/// already in progress on it.
+fn answer(m: &BackendModel, rng: &mut fastrand::Rng, busy: u32) -> (StatusCode, Duration) {
+    if m.errors > 0.0 && rng.f64() < m.errors {
+        return (StatusCode::SERVICE_UNAVAILABLE, m.error_latency);
     }
+    let median = m.latency.as_secs_f64();
+    let p99 = m.p99.map_or(median * 2.0, |p| p.as_secs_f64());
+    // Log-normal: p99 is 2.326 standard deviations above the median.
+    let sigma = if median > 0.0 {
+        (p99 / median).ln() / 2.326_348
+    } else {
+        0.0
+    };
+    let mut secs = median * (sigma * normal(rng)).exp();
+    if m.capacity > 0 && busy >= m.capacity {
+        secs *= f64::from(busy + 1) / f64::from(m.capacity);
+    }
+    (StatusCode::OK, Duration::from_secs_f64(secs))
 }
 
 /// A standard normal draw (Box-Muller).
@@ -212,7 +204,6 @@ fn simulate_one(
     set_virtual_ns(START_NS);
     // The host's `random` import draws from this thread's generator.
     fastrand::seed(scenario.seed);
-    let mut rng = fastrand::Rng::with_seed(scenario.seed ^ 0x5eed_5eed_5eed_5eed);
     // Each entry is its own simulated backend, even where the config
     // gives two the same address (the registry would make them one).
     let mut group = group;
@@ -221,88 +212,114 @@ fn simulate_one(
     }
     let backends =
         BackendRegistry::default().backends(&group, 0, |b| app.metrics.backend(&group.name, b));
-    let mut sim: Vec<SimBackend> = backends
-        .iter()
-        .map(|b| SimBackend {
-            model: scenario.model(&b.name),
-        })
-        .collect();
+    let models = backends.iter().map(|b| scenario.model(&b.name)).collect();
     let policy = load(app, &group, &backends)?;
     let metrics = app.metrics.upstream(&group.name);
     let upstream = Upstream::new(group, backends, policy, metrics);
     let policy = upstream.policy();
-    let label = policy.name().to_string();
-    let digest = policy.status().digest;
-    let watched = policy.watched_headers().len();
-
+    let mut sim = Sim {
+        watched: policy.watched_headers().len(),
+        run: PolicyRun::new(
+            policy.name().to_string(),
+            policy.status().digest,
+            arrivals.len(),
+        ),
+        policy,
+        upstream,
+        models,
+        rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5eed_5eed_5eed_5eed),
+        pending: BinaryHeap::new(),
+        slots: HashMap::new(),
+        seq: 0,
+        jar: HashMap::new(),
+    };
     let mut events: Vec<_> = scenario.events.iter().collect();
     events.sort_by_key(|e| e.at);
     let mut events = events.into_iter().peekable();
-    let mut pending: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
-    let mut slots: HashMap<u64, Pending> = HashMap::new();
-    let mut seq = 0u64;
-    let mut jar: HashMap<u32, Vec<(String, String)>> = HashMap::new();
-    let mut run = PolicyRun::new(label, digest, arrivals.len());
-    let index_of = |name: &str| upstream.backends.iter().position(|b| &*b.name == name);
-
     for (i, arrival) in arrivals.iter().enumerate() {
         let now = START_NS + arrival.at.as_nanos() as u64;
         // Everything due before this request, in time order.
         loop {
-            let next_done = pending.peek().map(|Reverse((at, _))| *at);
             let next_event = events.peek().map(|e| START_NS + e.at.as_nanos() as u64);
-            match (next_done, next_event) {
-                (Some(d), e) if d <= now && e.is_none_or(|e| d <= e) => {
-                    let Some(Reverse((at, id))) = pending.pop() else {
-                        break;
-                    };
-                    if let Some(p) = slots.remove(&id) {
-                        finish(&upstream, &mut run, arrivals, at, p, watched);
+            let limit = next_event.map_or(now, |e| e.min(now));
+            if sim.finish_one(arrivals, limit) {
+                continue;
+            }
+            match (next_event, events.peek()) {
+                (Some(at), Some(ev)) if at <= now => {
+                    set_virtual_ns(at);
+                    if let Some(b) = sim.index_of(&ev.backend) {
+                        ev.apply(&mut sim.models[b]);
                     }
-                }
-                (_, Some(e)) if e <= now => {
-                    set_virtual_ns(e);
-                    if let Some(ev) = events.next()
-                        && let Some(b) = index_of(&ev.backend)
-                    {
-                        ev.apply(&mut sim[b].model);
-                    }
+                    events.next();
                 }
                 _ => break,
             }
         }
         set_virtual_ns(now);
-        let mut view = traffic::request(arrival, scenario, jar.get(&arrival.key));
+        sim.send(i, arrival, scenario);
+    }
+    while sim.finish_one(arrivals, u64::MAX) {}
+    Ok(sim.run)
+}
+
+/// A group under simulation and what it has in progress.
+struct Sim {
+    upstream: Upstream,
+    policy: crate::upstream::PolicyRef,
+    /// How each backend behaves now.
+    models: Vec<BackendModel>,
+    /// Draws of answers and latencies (the policy has its own).
+    rng: fastrand::Rng,
+    /// Attempts in progress, by when they end.
+    pending: BinaryHeap<Reverse<(u64, u64)>>,
+    slots: HashMap<u64, Pending>,
+    seq: u64,
+    /// Each client's cookies.
+    jar: HashMap<u32, Vec<(String, String)>>,
+    /// How many response headers the policy watches.
+    watched: usize,
+    run: PolicyRun,
+}
+
+impl Sim {
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.upstream.backends.iter().position(|b| &*b.name == name)
+    }
+
+    /// Sends request `i` as the proxy's retry loop would: the policy's
+    /// ranked backends, then the policy again, past refused connections.
+    fn send(&mut self, i: usize, arrival: &Arrival, scenario: &Scenario) {
+        let upstream = &self.upstream;
+        let mut view = traffic::request(arrival, scenario, self.jar.get(&arrival.key));
         let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut ranked: SmallVec<[usize; 4]> = SmallVec::new();
-        let mut sent = false;
         loop {
             view.attempt = tried.len() as u32 + 1;
             let index = match upstream.next_ranked(&mut ranked, &tried) {
                 Some(i) => i,
                 None => {
-                    let Some(choice) = upstream.choose(&**policy, &mut view, &tried) else {
+                    let Some(choice) = upstream.choose(&**self.policy, &mut view, &tried) else {
                         break;
                     };
                     if choice.fallback.is_some() {
-                        run.policy_failures += 1;
+                        self.run.policy_failures += 1;
                     }
                     if let Some(cookie) = &choice.set_cookie {
-                        remember(&mut jar, arrival.key, cookie);
+                        remember(&mut self.jar, arrival.key, cookie);
                     }
                     ranked = choice.ranked;
                     choice.backend
                 }
             };
-            let backend = &upstream.backends[index];
-            if sim[index].model.down {
+            if self.models[index].down {
                 // Refused at once: reported, and the next backend tried.
                 upstream.report(
                     index,
                     &Outcome {
                         failure: Some(FailureKind::Connect),
                         attempt: view.attempt,
-                        watched: vec![None; watched],
+                        watched: vec![None; self.watched],
                         ..Outcome::default()
                     },
                 );
@@ -312,8 +329,9 @@ fn simulate_one(
                 }
                 continue;
             }
-            let busy = backend.stats.in_flight();
-            let (mut status, mut took) = sim[index].answer(&mut rng, busy);
+            let stats = &upstream.backends[index].stats;
+            let (mut status, mut took) =
+                answer(&self.models[index], &mut self.rng, stats.in_flight());
             let mut failure = None;
             if took > upstream.config.response_timeout {
                 (status, took, failure) = (
@@ -322,66 +340,57 @@ fn simulate_one(
                     Some(FailureKind::ResponseTimeout),
                 );
             }
-            seq += 1;
-            slots.insert(
-                seq,
-                Pending {
-                    request: i,
-                    backend: index,
-                    attempt: view.attempt,
-                    status,
-                    took,
-                    failure,
-                    _in_flight: backend.stats.start(),
-                },
-            );
-            pending.push(Reverse((now + took.as_nanos() as u64, seq)));
-            sent = true;
-            break;
+            self.seq += 1;
+            let pending = Pending {
+                request: i,
+                backend: index,
+                attempt: view.attempt,
+                status,
+                took,
+                failure,
+                _in_flight: stats.start(),
+            };
+            self.slots.insert(self.seq, pending);
+            let ends = START_NS + (arrival.at + took).as_nanos() as u64;
+            self.pending.push(Reverse((ends, self.seq)));
+            return;
         }
-        if !sent {
-            // Every backend tried refused: the client gets 502 at once.
-            run.record(arrival.at, None, StatusCode::BAD_GATEWAY, Duration::ZERO);
-        }
+        // Every backend tried refused: the client gets 502 at once.
+        self.run
+            .record(arrival.at, None, StatusCode::BAD_GATEWAY, Duration::ZERO);
     }
-    while let Some(Reverse((at, id))) = pending.pop() {
-        if let Some(p) = slots.remove(&id) {
-            finish(&upstream, &mut run, arrivals, at, p, watched);
-        }
-    }
-    Ok(run)
-}
 
-/// An attempt's answer arrives: reported to the group (and through it the
-/// policy), and counted for the client.
-fn finish(
-    upstream: &Upstream,
-    run: &mut PolicyRun,
-    arrivals: &[Arrival],
-    at: u64,
-    p: Pending,
-    watched: usize,
-) {
-    set_virtual_ns(at);
-    let outcome = Outcome {
-        connected: true,
-        status: p.failure.is_none().then_some(p.status),
-        headers_after: Some(p.took),
-        body_after: p.failure.is_none().then_some(p.took),
-        failure: p.failure,
-        attempt: p.attempt,
-        watched: vec![None; watched],
-    };
-    upstream.report(p.backend, &outcome);
-    drop(p._in_flight);
-    let arrived = arrivals[p.request].at;
-    let total = Duration::from_nanos(at - START_NS).saturating_sub(arrived);
-    run.record(
-        arrived,
-        Some(Served { backend: p.backend }),
-        p.status,
-        total,
-    );
+    /// Ends the next attempt in progress if it ends by `limit`: reported
+    /// to the group (and through it the policy), counted for the client.
+    fn finish_one(&mut self, arrivals: &[Arrival], limit: u64) -> bool {
+        let Some(&Reverse((at, id))) = self.pending.peek() else {
+            return false;
+        };
+        if at > limit {
+            return false;
+        }
+        self.pending.pop();
+        let Some(p) = self.slots.remove(&id) else {
+            return true;
+        };
+        set_virtual_ns(at);
+        let outcome = Outcome {
+            connected: true,
+            status: p.failure.is_none().then_some(p.status),
+            headers_after: Some(p.took),
+            body_after: p.failure.is_none().then_some(p.took),
+            failure: p.failure,
+            attempt: p.attempt,
+            watched: vec![None; self.watched],
+        };
+        self.upstream.report(p.backend, &outcome);
+        drop(p._in_flight);
+        let arrived = arrivals[p.request].at;
+        let total = Duration::from_nanos(at - START_NS).saturating_sub(arrived);
+        let served = Served { backend: p.backend };
+        self.run.record(arrived, Some(served), p.status, total);
+        true
+    }
 }
 
 /// Keeps a cookie the policy set, as the client's browser would.

@@ -278,24 +278,7 @@ impl Report {
 
     /// Each backend's share over time, one panel per policy.
     pub fn svg(&self) -> String {
-        const W: f64 = 720.0;
-        const H: f64 = 180.0;
-        const LEFT: f64 = 50.0;
-        const TOP: f64 = 30.0;
-        const GAP: f64 = 60.0;
-        const COLOURS: [&str; 8] = [
-            "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        ];
-        let n = self.backends.len();
-        // 1 s buckets, or coarser so a panel has at most 300 points.
         let secs = self.duration.as_secs_f64().max(1.0);
-        let bucket = Duration::from_secs_f64((secs / 300.0).max(1.0));
-        let mut buckets = Vec::new();
-        let mut from = Duration::ZERO;
-        while from < self.duration {
-            buckets.push((from, (from + bucket).min(self.duration)));
-            from += bucket;
-        }
         let height = TOP + self.runs.len() as f64 * (H + GAP) + 20.0;
         let mut out = String::new();
         let _ = writeln!(
@@ -310,75 +293,87 @@ impl Report {
             escape(&self.upstream)
         );
         for (p, run) in self.runs.iter().enumerate() {
-            let y0 = TOP + p as f64 * (H + GAP) + 20.0;
-            let _ = writeln!(
-                out,
-                r#"<text x="{LEFT}" y="{}">{}</text>"#,
-                y0 - 6.0,
-                escape(&run.policy)
-            );
-            let _ = writeln!(
-                out,
-                r##"<rect x="{LEFT}" y="{y0}" width="{W}" height="{H}" fill="none" stroke="#999"/>"##
-            );
-            for pct in [0, 50, 100] {
-                let y = y0 + H - H * f64::from(pct) / 100.0;
-                let _ = writeln!(
-                    out,
-                    r#"<text x="{}" y="{}" text-anchor="end">{pct}%</text>"#,
-                    LEFT - 4.0,
-                    y + 4.0
-                );
-            }
-            let _ = writeln!(
-                out,
-                r#"<text x="{}" y="{}" text-anchor="end">{:.0} s</text>"#,
-                LEFT + W,
-                y0 + H + 14.0,
-                secs
-            );
-            for (at, what) in &self.events {
-                let x = LEFT + W * at.as_secs_f64() / secs;
-                let _ = writeln!(
-                    out,
-                    r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#555" stroke-dasharray="4 3"/><text x="{:.1}" y="{}" font-size="10">{}</text>"##,
-                    y0 + H,
-                    x + 3.0,
-                    y0 + 12.0,
-                    escape(what)
-                );
-            }
-            let per = run.histogram(n, bucket, buckets.len());
-            for b in 0..n {
-                let colour = COLOURS[b % COLOURS.len()];
-                let points: Vec<String> = per
-                    .iter()
-                    .zip(&buckets)
-                    .map(|((c, t), (f, to))| {
-                        let mid = (f.as_secs_f64() + to.as_secs_f64()) / 2.0;
-                        let x = LEFT + W * mid / secs;
-                        let y = y0 + H - H * share(c[b], *t);
-                        format!("{x:.1},{y:.1}")
-                    })
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
-                    points.join(" ")
-                );
-                let _ = writeln!(
-                    out,
-                    r#"<text x="{}" y="{}" fill="{colour}">{}</text>"#,
-                    LEFT + W + 8.0,
-                    y0 + 14.0 + 16.0 * b as f64,
-                    escape(&self.backends[b])
-                );
-            }
+            self.panel(&mut out, run, TOP + p as f64 * (H + GAP) + 20.0);
         }
         out.push_str("</svg>\n");
         out
     }
+
+    /// One policy's panel, its top at `y0`: a line per backend over 1 s
+    /// buckets (coarser past 300 s), the scenario's events marked.
+    fn panel(&self, out: &mut String, run: &PolicyRun, y0: f64) {
+        let n = self.backends.len();
+        let secs = self.duration.as_secs_f64().max(1.0);
+        let bucket = Duration::from_secs_f64((secs / 300.0).max(1.0));
+        let buckets = (secs / bucket.as_secs_f64()).ceil() as usize;
+        let _ = writeln!(
+            out,
+            r##"<text x="{LEFT}" y="{}">{}</text>
+<rect x="{LEFT}" y="{y0}" width="{W}" height="{H}" fill="none" stroke="#999"/>"##,
+            y0 - 6.0,
+            escape(&run.policy)
+        );
+        for pct in [0, 50, 100] {
+            let y = y0 + H - H * f64::from(pct) / 100.0;
+            let _ = writeln!(
+                out,
+                r#"<text x="{}" y="{}" text-anchor="end">{pct}%</text>"#,
+                LEFT - 4.0,
+                y + 4.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{secs:.0} s</text>"#,
+            LEFT + W,
+            y0 + H + 14.0
+        );
+        for (at, what) in &self.events {
+            let x = LEFT + W * at.as_secs_f64() / secs;
+            let _ = writeln!(
+                out,
+                r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#555" stroke-dasharray="4 3"/><text x="{:.1}" y="{}" font-size="10">{}</text>"##,
+                y0 + H,
+                x + 3.0,
+                y0 + 12.0,
+                escape(what)
+            );
+        }
+        let per = run.histogram(n, bucket, buckets);
+        for b in 0..n {
+            let colour = COLOURS[b % COLOURS.len()];
+            let points: Vec<String> = per
+                .iter()
+                .enumerate()
+                .map(|(k, (c, t))| {
+                    let mid = ((k as f64 + 0.5) * bucket.as_secs_f64()).min(secs);
+                    let x = LEFT + W * mid / secs;
+                    let y = y0 + H - H * share(c[b], *t);
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>
+<text x="{}" y="{}" fill="{colour}">{}</text>"#,
+                points.join(" "),
+                LEFT + W + 8.0,
+                y0 + 14.0 + 16.0 * b as f64,
+                escape(&self.backends[b])
+            );
+        }
+    }
 }
+
+/// The SVG chart's geometry: panel width and height, margins, colours.
+const W: f64 = 720.0;
+const H: f64 = 180.0;
+const LEFT: f64 = 50.0;
+const TOP: f64 = 30.0;
+const GAP: f64 = 60.0;
+const COLOURS: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
