@@ -89,6 +89,7 @@ pub(super) struct FileAdmin {
     #[serde(default)]
     pub allow_remote: bool,
     pub token_file: Option<Spanned<String>>,
+    pub decisions: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +116,9 @@ pub(super) struct FileUpstream {
     pub retries: Option<u32>,
     pub retry_timeout: Option<Spanned<String>>,
     pub health_check: Option<Spanned<FileHealthCheck>>,
+    pub shadow_policy: Option<Spanned<String>>,
+    pub shadow_sample: Option<Spanned<f64>>,
+    pub shadow_policy_config: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ mod file;
 mod load;
 mod routes;
 mod server;
+mod shadow;
 mod upstream;
 pub mod values;
 
@@ -32,7 +33,8 @@ pub use upstream::{
     DEFAULT_POLICY_MAX_FAILURES, DEFAULT_POLICY_MEMORY, DEFAULT_POLICY_MEMORY_MAX,
     DEFAULT_POLICY_TIMEOUT, DEFAULT_POLICY_TIMEOUT_MAX, DEFAULT_READ_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_SEND_TIMEOUT,
-    DEFAULT_TUNNEL_IDLE_TIMEOUT, HealthCheckConfig, PolicySource, SandboxConfig, UpstreamConfig,
+    DEFAULT_TUNNEL_IDLE_TIMEOUT, HealthCheckConfig, PolicySource, SandboxConfig, ShadowConfig,
+    UpstreamConfig,
 };
 
 #[cfg(test)]

@@ -92,7 +92,12 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Where `token-file` was written.
     pub token_origin: Origin,
+    /// Decisions kept per upstream for `GET /decisions` (0: none kept).
+    pub decisions: usize,
 }
+
+/// Most decisions `[admin] decisions` may keep per upstream.
+pub const MAX_DECISIONS: usize = 100_000;
 
 /// What `[server]` gives, before it is spread over [`super::Config`].
 pub(super) struct Server {
@@ -328,10 +333,24 @@ impl FileAdmin {
             None => (None, Origin::default()),
             Some(t) => (Some(base.join(t.get_ref())), c.loc().origin(t.span())),
         };
+        let decisions = match &self.decisions {
+            Some(n) if *n.get_ref() > MAX_DECISIONS => {
+                c.push(c.loc().error(
+                    n,
+                    format!(
+                        "admin.decisions: at most {MAX_DECISIONS} decisions are kept per upstream"
+                    ),
+                ));
+                0
+            }
+            Some(n) => *n.get_ref(),
+            None => 0,
+        };
         Some(AdminConfig {
             addr,
             token_file,
             token_origin,
+            decisions,
         })
     }
 }

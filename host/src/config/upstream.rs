@@ -122,6 +122,8 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// The proxy's zone (`[server] zone`), handed to the policy.
     pub zone: Option<String>,
+    /// A candidate policy run beside the live one, if configured.
+    pub shadow: Option<ShadowConfig>,
 }
 
 /// Limits on a policy's instances. A limit the config does not set is
@@ -156,6 +158,20 @@ impl Default for SandboxConfig {
             max_failures: DEFAULT_POLICY_MAX_FAILURES,
         }
     }
+}
+
+/// `shadow-policy`: a candidate policy asked after the live one, for
+/// comparison only; it never routes a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// The candidate.
+    pub policy: PolicySource,
+    /// Where `shadow-policy` was written.
+    pub origin: Origin,
+    /// Share of requests it is asked about (`shadow-sample`, 0 < s <= 1).
+    pub sample: f64,
+    /// `shadow-policy-config`, flattened.
+    pub policy_config: Vec<(String, String)>,
 }
 
 /// One backend of an upstream group.
@@ -286,6 +302,7 @@ impl FileUpstream {
                 .and_then(|h| h.get_ref().to_health_check(c, &key)),
             // Set from `[server]` once both are read.
             zone: None,
+            shadow: self.shadow(c, base, &key),
         };
         Some(up)
     }

@@ -217,12 +217,12 @@ fn json(value: &impl Serialize, status: StatusCode) -> Response<ProxyBody> {
 
 async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Response<ProxyBody> {
     let allowed = match req.uri().path() {
-        "/status" | "/metrics" => Method::GET,
+        "/status" | "/metrics" | "/decisions" => Method::GET,
         "/reload" => Method::POST,
         _ => {
             return error_response(
                 StatusCode::NOT_FOUND,
-                "try /status, /metrics or POST /reload",
+                "try /status, /metrics, /decisions or POST /reload",
             );
         }
     };
@@ -236,6 +236,10 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Response<ProxyBod
     }
     match req.uri().path() {
         "/status" => json(&status(&ctx.proxy.runtime()), StatusCode::OK),
+        "/decisions" => {
+            let (code, body) = super::decisions::decisions(&ctx.proxy.runtime(), req.uri().query());
+            json(&body, code)
+        }
         "/metrics" => with_type(
             ctx.app
                 .metrics
@@ -283,6 +287,9 @@ pub struct UpstreamStatus {
     pub policy: PolicyInfo,
     /// Its backends.
     pub backends: Vec<BackendStatus>,
+    /// Its shadow policy, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::upstream::shadow::ShadowStatus>,
 }
 
 /// A policy in `/status`.
@@ -387,6 +394,7 @@ pub fn status(runtime: &Runtime) -> Status {
                             latency_ewma_us: b.stats.latency_ewma_us(),
                         })
                         .collect(),
+                    shadow: u.shadow().map(|s| s.status()),
                 }
             })
             .collect(),

@@ -8,6 +8,7 @@ use crate::config::AccessLogConfig;
 use crate::policy::{PolicyEngine, StateRegistry};
 use crate::proxy::access_log::AccessLog;
 use crate::upstream::BackendRegistry;
+use crate::upstream::trace::TraceRegistry;
 
 /// [`App`] holds what outlives any one config: the Wasm engine (and its
 /// compile cache), policy state and backend state by name or address, and
@@ -21,6 +22,8 @@ pub struct App {
     pub backends: BackendRegistry,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Each upstream's last decisions (`[admin] decisions`).
+    pub traces: TraceRegistry,
     /// Worker threads serving requests: each gets a policy instance made
     /// ahead of time.
     pub workers: usize,
@@ -38,6 +41,7 @@ impl App {
             states: StateRegistry::default(),
             backends: BackendRegistry::default(),
             metrics: Metrics::new(),
+            traces: TraceRegistry::default(),
             workers: workers.max(1),
             access_log: Mutex::new(None),
         })

@@ -16,7 +16,7 @@ use crate::policy::{PolicyFailure, StateRegistry};
 use crate::proxy::Runtime;
 use crate::upstream::FailureKind;
 use crate::upstream::counters::{
-    BackendMetrics, ByClass, CLASSES, LatencyHistogram, UpstreamMetrics,
+    BackendMetrics, ByClass, CLASSES, LatencyHistogram, ShadowMetrics, UpstreamMetrics,
 };
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +61,12 @@ struct BackendLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgreeLabels {
+    upstream: String,
+    agree: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     upstream: String,
     backend: String,
@@ -80,6 +86,9 @@ pub struct Metrics {
     attempt_failures: Family<AttemptLabels, Counter>,
     busy: Family<UpstreamLabels, Counter>,
     ranked: Family<UpstreamLabels, Counter>,
+    shadow_decisions: Family<AgreeLabels, Counter>,
+    shadow_backends: Family<BackendLabels, Counter>,
+    shadow_failures: Family<UpstreamLabels, Counter>,
     /// Requests no route matched (or refused before routing).
     pub unrouted: ByClass,
 }
@@ -103,6 +112,24 @@ impl Metrics {
         let attempt_failures = Family::<AttemptLabels, Counter>::default();
         let busy = Family::<UpstreamLabels, Counter>::default();
         let ranked = Family::<UpstreamLabels, Counter>::default();
+        let shadow_decisions = Family::<AgreeLabels, Counter>::default();
+        let shadow_backends = Family::<BackendLabels, Counter>::default();
+        let shadow_failures = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "shadow_decisions",
+            "Decisions a shadow policy answered, by whether it chose the backend the request went to",
+            shadow_decisions.clone(),
+        );
+        registry.register(
+            "shadow_backend",
+            "Backends a shadow policy chose",
+            shadow_backends.clone(),
+        );
+        registry.register(
+            "shadow_failures",
+            "Calls to a shadow policy that failed (trap, deadline, bad answer); no request is affected",
+            shadow_failures.clone(),
+        );
         registry.register(
             "ranked_attempts",
             "Attempts sent to a backend the policy ranked as a fallback, without calling it again",
@@ -166,6 +193,9 @@ impl Metrics {
             attempt_failures,
             busy,
             ranked,
+            shadow_decisions,
+            shadow_backends,
+            shadow_failures,
             unrouted,
         }
     }
@@ -203,6 +233,30 @@ impl Metrics {
             failed_swaps: self.swaps.get_or_create_owned(&result("failed")),
             busy: self.busy.get_or_create_owned(&up),
             ranked: self.ranked.get_or_create_owned(&up),
+        }
+    }
+
+    /// Handles for `upstream`'s shadow policy, over `backends`.
+    pub fn shadow(&self, upstream: &str, backends: &[&str]) -> ShadowMetrics {
+        let agree = |a: &str| AgreeLabels {
+            upstream: upstream.into(),
+            agree: a.into(),
+        };
+        ShadowMetrics {
+            agree: self.shadow_decisions.get_or_create_owned(&agree("true")),
+            disagree: self.shadow_decisions.get_or_create_owned(&agree("false")),
+            failures: self.shadow_failures.get_or_create_owned(&UpstreamLabels {
+                upstream: upstream.into(),
+            }),
+            backends: backends
+                .iter()
+                .map(|b| {
+                    self.shadow_backends.get_or_create_owned(&BackendLabels {
+                        upstream: upstream.into(),
+                        backend: (*b).into(),
+                    })
+                })
+                .collect(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod decisions;
 pub mod limits;
 pub mod metrics;
 pub mod reload;

@@ -15,7 +15,7 @@ use crate::edge::tls;
 use crate::policy::{LoadError, Policy, RoundRobin, WasmPolicy};
 use crate::proxy::Runtime;
 use crate::proxy::router::Router;
-use crate::upstream::{Backend, Upstream, states};
+use crate::upstream::{Backend, Shadow, Upstream, states};
 
 /// A runtime and the listeners it wants.
 pub struct Built {
@@ -58,6 +58,57 @@ fn load_policy(
         up.policy,
         started.elapsed().as_secs_f64() * 1000.0
     );
+    Ok(Box::new(policy))
+}
+
+/// The group's shadow policy, if it has one: loaded like the live one
+/// (with its own `shadow-policy-config`), on its own shared state so that
+/// it cannot move the live policy's counters.
+fn load_shadow(
+    app: &App,
+    up: &UpstreamConfig,
+    backends: &[Backend],
+) -> Result<Option<Shadow>, ConfigError> {
+    let Some(cfg) = &up.shadow else {
+        return Ok(None);
+    };
+    let policy = shadow_policy(app, up, backends).map_err(|e| {
+        cfg.origin
+            .error(format!("upstreams.{}.shadow-policy: {e}", up.name))
+    })?;
+    let names: Vec<&str> = backends.iter().map(|b| &*b.name).collect();
+    Ok(Some(Shadow::new(
+        policy,
+        cfg.sample,
+        app.metrics.shadow(&up.name, &names),
+    )))
+}
+
+/// Loads `up`'s shadow policy (which it must have).
+fn shadow_policy(
+    app: &App,
+    up: &UpstreamConfig,
+    backends: &[Backend],
+) -> Result<Box<dyn Policy>, LoadError> {
+    let Some(cfg) = &up.shadow else {
+        return Err(LoadError::NotWasm("no shadow-policy".into()));
+    };
+    let mut as_live = up.clone();
+    as_live.policy = cfg.policy.clone();
+    as_live.policy_config = cfg.policy_config.clone();
+    as_live.shadow = None;
+    if let PolicySource::Native(_) = as_live.policy {
+        return Ok(Box::new(RoundRobin::default()));
+    }
+    let compiled = app.engine.compile(&as_live.policy)?;
+    let policy = WasmPolicy::load(
+        &app.engine,
+        compiled,
+        &as_live,
+        app.states.get(&format!("{} (shadow)", up.name)),
+        &states(backends, &[]),
+        app.workers,
+    )?;
     Ok(Box::new(policy))
 }
 
@@ -135,12 +186,21 @@ pub fn build(
             None => load_policy(app, up, &backends),
         };
         match loaded {
-            Ok(policy) => upstreams.push(Arc::new(Upstream::new(
-                up.clone(),
-                backends,
-                policy,
-                app.metrics.upstream(&up.name),
-            ))),
+            Ok(policy) => {
+                let shadow = match load_shadow(app, up, &backends) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                let decisions = config.admin.as_ref().map_or(0, |a| a.decisions);
+                upstreams.push(Arc::new(
+                    Upstream::new(up.clone(), backends, policy, app.metrics.upstream(&up.name))
+                        .with_shadow(shadow)
+                        .with_traces(app.traces.ring(&up.name, decisions)),
+                ))
+            }
             Err(e) => errors.push(
                 up.policy_origin
                     .error(format!("upstreams.{}.policy: {e}", up.name)),
@@ -198,7 +258,8 @@ pub fn policy_files(rt: &Runtime) -> Vec<&Path> {
         .config
         .upstreams
         .iter()
-        .filter_map(|u| match &u.policy {
+        .flat_map(|u| std::iter::once(&u.policy).chain(u.shadow.as_ref().map(|s| &s.policy)))
+        .filter_map(|p| match p {
             PolicySource::File(p) => Some(p.as_path()),
             PolicySource::Builtin(_) | PolicySource::Native(_) => None,
         })
@@ -215,6 +276,7 @@ pub fn policy_files(rt: &Runtime) -> Vec<&Path> {
 pub fn swap_policy_file(rt: &Runtime, app: &App, path: &Path) -> Vec<Swap> {
     let mut out = Vec::new();
     for up in &rt.upstreams {
+        swap_shadow_file(app, up, path);
         if !matches!(&up.config.policy, PolicySource::File(p) if p == path) {
             continue;
         }
@@ -233,6 +295,29 @@ pub fn swap_policy_file(rt: &Runtime, app: &App, path: &Path) -> Vec<Swap> {
         });
     }
     out
+}
+
+/// Reloads `up`'s shadow policy if it is the file `path`; a file that
+/// does not load leaves the old shadow in place, and is logged.
+fn swap_shadow_file(app: &App, up: &Upstream, path: &Path) {
+    let Some(shadow) = up.shadow() else {
+        return;
+    };
+    if !matches!(up.config.shadow.as_ref().map(|s| &s.policy), Some(PolicySource::File(p)) if p == path)
+    {
+        return;
+    }
+    match shadow_policy(app, &up.config, &up.backends) {
+        Ok(policy) => {
+            tracing::info!(upstream = %up.name, "shadow policy {} swapped", path.display());
+            shadow.swap(policy);
+        }
+        Err(e) => tracing::warn!(
+            upstream = %up.name,
+            "shadow policy {} refused, the old one stays: {e}",
+            path.display()
+        ),
+    }
 }
 
 /// Builds the first runtime from a checked config, or says every reason

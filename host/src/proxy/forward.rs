@@ -136,6 +136,8 @@ pub async fn forward(
     // before it is asked again.
     let mut ranked: SmallVec<[usize; 4]> = SmallVec::new();
     let mut set_cookie;
+    // The trace of the last decision, when the group keeps them.
+    let mut trace = None;
     loop {
         view.attempt = tried.len() as u32 + 1;
         let index = match upstream.next_ranked(&mut ranked, &tried) {
@@ -150,10 +152,15 @@ pub async fn forward(
                 };
                 ranked = choice.ranked;
                 set_cookie = choice.set_cookie;
+                trace = choice.trace;
                 choice.backend
             }
         };
-        let attempt_no = view.attempt;
+        let tried_now = Try {
+            index,
+            attempt: view.attempt,
+            trace: trace.clone(),
+        };
         // Boxed: the attempt's state (connection wait, send, timers) is
         // most of a request's future, which is moved whole when a task is
         // spawned for it.
@@ -166,19 +173,12 @@ pub async fn forward(
         let failed = match sending.await {
             Ok(a) => {
                 let watched = watched(policy.watched_headers(), a.resp.headers());
-                return answered(
-                    upstream,
-                    (index, attempt_no),
-                    a,
-                    set_cookie,
-                    watched,
-                    &mut extras,
-                );
+                return answered(upstream, tried_now, a, set_cookie, watched, &mut extras);
             }
             Err(failed) => failed,
         };
         all_busy &= matches!(&failed, Failed::NotSent(_, FailureKind::Busy, _));
-        match after_failure(upstream, index, attempt_no, failed, replay.as_ref()) {
+        match after_failure(upstream, &tried_now, failed, replay.as_ref()) {
             Next::Retry(p, b, why) => {
                 view.parts = p;
                 body = b;
@@ -207,7 +207,11 @@ pub async fn forward(
 /// a `101`, a tunnel (`502` if the request asked for no upgrade).
 fn answered(
     upstream: &Arc<Upstream>,
-    (index, attempt_no): (usize, u32),
+    Try {
+        index,
+        attempt: attempt_no,
+        trace,
+    }: Try,
     a: Answered,
     set_cookie: Option<HeaderValue>,
     watched: Vec<Option<String>>,
@@ -221,6 +225,7 @@ fn answered(
         headers_after: Some(a.took),
         attempt: attempt_no,
         watched,
+        trace,
         ..Outcome::default()
     };
     let resp = if a.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -278,14 +283,17 @@ fn watched(names: &[http::HeaderName], headers: &http::HeaderMap) -> Vec<Option<
         .collect()
 }
 
-/// Reports a failed attempt and says what to do next.
-fn after_failure(
-    upstream: &Upstream,
+/// One attempt: the backend, which attempt of the request it is, and the
+/// trace of the decision that chose it.
+struct Try {
     index: usize,
-    attempt_no: u32,
-    failed: Failed,
-    replay: Option<&Parts>,
-) -> Next {
+    attempt: u32,
+    trace: Option<Arc<crate::upstream::Trace>>,
+}
+
+/// Reports a failed attempt and says what to do next.
+fn after_failure(upstream: &Upstream, tried: &Try, failed: Failed, replay: Option<&Parts>) -> Next {
+    let index = tried.index;
     let backend = &upstream.backends[index];
     let report = |failure: FailureKind, connected: bool| {
         upstream.report(
@@ -293,7 +301,8 @@ fn after_failure(
             &Outcome {
                 connected,
                 failure: Some(failure),
-                attempt: attempt_no,
+                attempt: tried.attempt,
+                trace: tried.trace.clone(),
                 ..Outcome::default()
             },
         );

@@ -124,6 +124,19 @@ pub struct UpstreamMetrics {
     pub ranked: Counter,
 }
 
+/// Handles for an upstream's shadow policy.
+#[derive(Debug, Clone, Default)]
+pub struct ShadowMetrics {
+    /// Answers that chose the backend the request went to.
+    pub agree: Counter,
+    /// Answers that chose another.
+    pub disagree: Counter,
+    /// Calls that failed.
+    pub failures: Counter,
+    /// Its choices, by backend index.
+    pub backends: Vec<Counter>,
+}
+
 impl UpstreamMetrics {
     /// Counts a policy failure.
     pub fn failure(&self, f: &PolicyFailure) {

@@ -10,16 +10,21 @@
 //! - [`backend`]: one backend and its live numbers;
 //! - [`registry`]: numbers and pools kept by address across reloads;
 //! - [`pool`]: connections to a backend; [`body`]: what is sent on them;
-//! - [`health`]: active checks; [`counters`]: the metric handles.
+//! - [`health`]: active checks; [`counters`]: the metric handles;
+//! - [`shadow`]: a candidate policy asked beside the live one;
+//! - [`trace`]: the last decisions, for the admin API.
 
 pub mod backend;
 pub mod body;
+mod choice;
 mod cookie;
 pub mod counters;
 pub mod health;
 mod outcome;
 pub mod pool;
 pub mod registry;
+pub mod shadow;
+pub mod trace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,34 +34,20 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 pub use backend::{Backend, BackendStats, InFlight};
+use choice::validate;
+pub use choice::{Choice, states};
 pub use outcome::{FailureKind, Outcome};
 pub use registry::BackendRegistry;
+pub use shadow::Shadow;
+pub use trace::{Trace, TraceRing};
 
 use crate::config::UpstreamConfig;
-use crate::policy::{
-    BackendState, Decision, Observed, Policy, PolicyFailure, RequestView, RoundRobin,
-};
+use crate::policy::{BackendState, Observed, Policy, PolicyFailure, RequestView, RoundRobin};
 use counters::UpstreamMetrics;
 
 /// Nanoseconds on the proxy's monotonic clock.
 pub fn now_ns() -> u64 {
     crate::policy::monotonic_ns()
-}
-
-/// The backend chosen for a request.
-#[derive(Debug)]
-pub struct Choice {
-    /// Index into [`Upstream::backends`].
-    pub backend: usize,
-    /// A `Set-Cookie` value the policy asked for.
-    pub set_cookie: Option<http::HeaderValue>,
-    /// Set when the policy failed and the fallback chose.
-    pub fallback: Option<PolicyFailure>,
-    /// More backends the policy ranked, best first, to try before asking
-    /// it again (in range; health is checked when one is used).
-    pub ranked: SmallVec<[usize; 4]>,
-    /// The policy's reason for the choice, if it gave one.
-    pub reason: Option<String>,
 }
 
 /// The policy currently serving a group; swapped whole on a hot swap.
@@ -75,68 +66,10 @@ pub struct Upstream {
     policy: ArcSwap<Box<dyn Policy>>,
     fallback: RoundRobin,
     last_warning_ns: AtomicU64,
-}
-
-/// The live states a policy sees for a request that has already failed on
-/// the backends in `tried`. Backups are offered only when no primary is
-/// healthy. When nothing untried is healthy, all untried backends are
-/// offered ("panic mode", as nginx does when every server is marked
-/// failed). None is healthy only when everything has been tried.
-pub fn states(backends: &[Backend], tried: &[usize]) -> SmallVec<[BackendState; 8]> {
-    let now = now_ns();
-    let mut states: SmallVec<[BackendState; 8]> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| BackendState {
-            healthy: !tried.contains(&i) && b.stats.healthy(now),
-            in_flight: b.stats.in_flight(),
-            latency_ewma_us: b.stats.latency_ewma_us(),
-            healthy_since_ns: b.stats.healthy_since(now),
-            consecutive_failures: b.stats.consecutive_failures(),
-        })
-        .collect();
-    let primary_up = backends
-        .iter()
-        .zip(&states)
-        .any(|(b, s)| s.healthy && !b.backup);
-    for (b, s) in backends.iter().zip(states.iter_mut()) {
-        if b.backup && primary_up {
-            s.healthy = false;
-        }
-    }
-    if !states.iter().any(|s| s.healthy) {
-        for (i, s) in states.iter_mut().enumerate() {
-            s.healthy = !tried.contains(&i);
-        }
-    }
-    states
-}
-
-/// Accepts a decision only if it names a healthy backend and a valid
-/// cookie; ranked fallbacks out of range are dropped.
-fn validate(decision: Decision, states: &[BackendState]) -> Result<Choice, PolicyFailure> {
-    let index = decision.backend;
-    match states.get(index as usize) {
-        None => return Err(PolicyFailure::OutOfRange(index)),
-        Some(s) if !s.healthy => return Err(PolicyFailure::UnhealthyChoice(index)),
-        Some(_) => {}
-    }
-    let set_cookie = decision
-        .set_cookie
-        .map(|c| cookie::render(*c))
-        .transpose()?;
-    Ok(Choice {
-        backend: index as usize,
-        set_cookie,
-        fallback: None,
-        ranked: decision
-            .fallbacks
-            .iter()
-            .map(|&i| i as usize)
-            .filter(|&i| i < states.len() && i != index as usize)
-            .collect(),
-        reason: decision.reason,
-    })
+    /// A candidate policy asked beside the live one.
+    shadow: Option<Shadow>,
+    /// The last decisions, when `[admin] decisions` is set.
+    traces: Option<Arc<TraceRing>>,
 }
 
 impl Upstream {
@@ -155,7 +88,31 @@ impl Upstream {
             policy: ArcSwap::from_pointee(policy),
             fallback: RoundRobin::default(),
             last_warning_ns: AtomicU64::new(0),
+            shadow: None,
+            traces: None,
         }
+    }
+
+    /// The group with a shadow policy asked beside the live one.
+    pub fn with_shadow(mut self, shadow: Option<Shadow>) -> Upstream {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The group keeping its last decisions in `ring`.
+    pub fn with_traces(mut self, ring: Option<Arc<TraceRing>>) -> Upstream {
+        self.traces = ring;
+        self
+    }
+
+    /// Its shadow policy, if it has one.
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref()
+    }
+
+    /// Its last decisions, if it keeps them.
+    pub fn traces(&self) -> Option<&Arc<TraceRing>> {
+        self.traces.as_ref()
     }
 
     /// The policy now in service. A request holds on to the one it started
@@ -199,13 +156,13 @@ impl Upstream {
             Err(f) if not_called(f) => {}
             Err(f) => policy.settle(Err(f)),
         }
-        match result {
+        let mut choice = match result {
             Ok(choice) => {
                 self.metrics.decisions.inc();
                 if let Some(reason) = &choice.reason {
                     tracing::debug!(upstream = %self.name, backend = %self.backends[choice.backend].name, "policy chose: {reason}");
                 }
-                Some(choice)
+                choice
             }
             Err(failure) => {
                 self.metrics.failure(&failure);
@@ -213,15 +170,56 @@ impl Upstream {
                     self.warn_rate_limited(policy, &failure);
                 }
                 let backend = self.fallback.pick(&states)?;
-                Some(Choice {
+                Choice {
                     backend,
                     set_cookie: None,
                     fallback: Some(failure),
                     ranked: SmallVec::new(),
                     reason: None,
-                })
+                    trace: None,
+                }
             }
+        };
+        if self.shadow.is_some() || self.traces.is_some() {
+            self.after_decision(policy, req, &states, &mut choice);
         }
+        Some(choice)
+    }
+
+    /// Asks the shadow policy, if any, about the decision just made, and
+    /// keeps its trace, if the group keeps them.
+    fn after_decision(
+        &self,
+        policy: &dyn Policy,
+        req: &mut RequestView,
+        states: &[BackendState],
+        choice: &mut Choice,
+    ) {
+        let saw = self
+            .shadow
+            .as_ref()
+            .and_then(|s| s.ask(req, states, choice.backend, &self.backends));
+        let Some(ring) = &self.traces else {
+            return;
+        };
+        let status = policy.status();
+        let name = |i: usize| self.backends[i].name.clone();
+        let mut t = Trace::new(&req.parts, req.attempt);
+        t.policy = (status.source, status.digest);
+        t.seen = self
+            .backends
+            .iter()
+            .zip(states)
+            .map(|(b, s)| (b.name.clone(), *s))
+            .collect();
+        t.candidates = std::iter::once(choice.backend)
+            .chain(choice.ranked.iter().copied())
+            .map(name)
+            .collect();
+        t.reason = choice.reason.clone();
+        t.fallback = choice.fallback.as_ref().map(|f| f.to_string());
+        t.shadow = saw;
+        choice.trace = Some(ring.push(t));
     }
 
     /// The next backend the policy ranked for this request that can take
@@ -267,11 +265,25 @@ impl Upstream {
                 }
             }
         }
+        if let Some(t) = &outcome.trace {
+            t.attempted(trace::Attempt {
+                backend: backend.name.clone(),
+                attempt: outcome.attempt,
+                status: outcome.status.map(|s| s.as_u16()),
+                failure: outcome.failure.map(FailureKind::label),
+                headers_ms: outcome.headers_after.map(|d| d.as_secs_f64() * 1000.0),
+            });
+        }
         let policy = self.policy.load();
-        if !policy.observes() {
+        let shadow = self
+            .shadow
+            .as_ref()
+            .map(Shadow::policy)
+            .filter(|p| p.observes());
+        if !policy.observes() && shadow.is_none() {
             return;
         }
-        policy.observe(Observed {
+        let observed = Observed {
             backend: backend.name.clone(),
             attempt: outcome.attempt,
             status: outcome.status.map(|s| s.as_u16()),
@@ -280,7 +292,19 @@ impl Upstream {
             body_us: outcome.body_after.map(|d| d.as_micros() as u64),
             ended_ns: now_ns(),
             headers: outcome.watched.clone(),
-        });
+        };
+        if let Some(shadow) = shadow {
+            let mut theirs = observed.clone();
+            // The values are of the live policy's watched headers; a shadow
+            // that watches others is told none.
+            if shadow.watched_headers() != policy.watched_headers() {
+                theirs.headers = vec![None; shadow.watched_headers().len()];
+            }
+            shadow.observe(theirs);
+        }
+        if policy.observes() {
+            policy.observe(observed);
+        }
     }
 
     /// Logs a policy failure at most once a second per upstream.
@@ -304,6 +328,7 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Decision;
 
     fn state(healthy: bool) -> BackendState {
         BackendState {

@@ -113,4 +113,6 @@ pub struct Outcome {
     /// The response headers the policy watches, in its order (empty when
     /// it watches none).
     pub watched: Vec<Option<String>>,
+    /// The decision's trace, when the group keeps them.
+    pub trace: Option<std::sync::Arc<super::trace::Trace>>,
 }

@@ -382,6 +382,7 @@ impl Sim {
             failure: p.failure,
             attempt: p.attempt,
             watched: vec![None; self.watched],
+            trace: None,
         };
         self.upstream.report(p.backend, &outcome);
         drop(p._in_flight);
