@@ -23,4 +23,5 @@ mod protocols;
 mod reload;
 mod resilience;
 mod sandbox;
+mod shadow;
 mod simulate;
