@@ -10,7 +10,9 @@
 #   - the wasm32-unknown-unknown target of the pinned toolchain (rustup);
 #   - Debian packages: curl, python3 with venv, clang-16, lld-16, wasi-libc
 #     and libclang-rt-16-dev-wasm32 (the C template), nodejs and npm (the
-#     JavaScript template). Installed with apt-get when run as root or with
+#     JavaScript template), docker-registry (the CNCF distribution registry
+#     the OCI tests push policies to and pull them from; each test starts
+#     its own on a free port). Installed with apt-get when run as root or with
 #     passwordless sudo; otherwise it prints the command and stops;
 #   - .venv/: a project-local Python environment with tests/requirements.txt
 #     (Flask, websockets, h2, componentize-py), never the system's Python;
@@ -51,6 +53,7 @@ for pkg in wasi-libc libclang-rt-16-dev-wasm32; do
 done
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if ((${#missing[@]})); then
     install=(apt-get install -y -qq "${missing[@]}")
     if [ "$(id -u)" = 0 ]; then

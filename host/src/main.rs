@@ -1,4 +1,4 @@
-//! The `switchyard` command line: run, check, demo, policies.
+//! The `switchyard` command line: run, check, demo, policies, policy.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchyard::config::Config;
+use switchyard::config::{Config, OciReference, PolicySource};
 use switchyard::control::app::App;
-use switchyard::control::{limits, runtime, serve, simulate};
-use switchyard::policy::builtin;
+use switchyard::control::{limits, oci, runtime, serve, simulate};
+use switchyard::policy::{PolicyEngine, builtin};
 use switchyard_tools::{authoring, demo};
 
 /// A load-balancing reverse proxy whose backend choice is a WebAssembly
@@ -128,6 +128,17 @@ enum PolicyCommand {
         /// Where to write the component (default: FILE itself).
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// Publish a policy component to an OCI registry (the CNCF Wasm
+    /// artifact layout); prints its digests.
+    Push {
+        /// The component (.wasm); it must load as a policy.
+        file: PathBuf,
+        /// Where: oci://REGISTRY/REPO:TAG.
+        reference: String,
+        /// Speak plain HTTP to the registry (a local or test registry).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Write the policy contract's WIT files into DIR.
     Wit {
@@ -340,6 +351,11 @@ fn policy(action: PolicyCommand) -> anyhow::Result<ExitCode> {
             }
             println!("{}: states {}", target.display(), stated.join(", "));
         }
+        PolicyCommand::Push {
+            file,
+            reference,
+            insecure,
+        } => push(&file, &reference, insecure)?,
         PolicyCommand::Wit { dir } => authoring::write_wit(&dir)?,
         PolicyCommand::Bindings { lang, dir } => {
             if lang != "c" {
@@ -349,6 +365,32 @@ fn policy(action: PolicyCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `policy push`: only a component that loads as a policy is published.
+fn push(file: &std::path::Path, reference: &str, insecure: bool) -> anyhow::Result<()> {
+    let mut target =
+        OciReference::parse(reference).map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
+    target.plain_http = insecure;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    PolicyEngine::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?
+        .compile_bytes(PolicySource::File(file.to_path_buf()), &bytes, None)?;
+    let pushed = oci::push(&bytes, &target).with_context(|| format!("cannot push {target}"))?;
+    let by_digest = OciReference {
+        tag: None,
+        digest: Some(pushed.manifest.clone()),
+        ..target.clone()
+    };
+    println!("pushed {target}");
+    println!("manifest  {} ({by_digest})", pushed.manifest);
+    println!(
+        "component {} ({} bytes; pin it with sha256 = \"{}\")",
+        pushed.component,
+        bytes.len(),
+        pushed.component.trim_start_matches("sha256:")
+    );
+    Ok(())
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 
 mod common;
 mod fixtures;
+mod registry;
 
 mod adaptive;
 mod admin;
@@ -18,6 +19,8 @@ mod hot_swap;
 mod languages;
 mod lifecycle;
 mod limits;
+mod oci;
+mod pinned;
 mod pooling;
 mod protocols;
 mod reload;

@@ -40,6 +40,8 @@ pub(super) struct FileServer {
     #[serde(default)]
     pub forwarded: bool,
     pub cache_dir: Option<String>,
+    #[serde(default)]
+    pub insecure_registries: Vec<Spanned<String>>,
     pub zone: Option<Spanned<String>>,
 }
 
@@ -95,7 +97,7 @@ pub(super) struct FileAdmin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct FileUpstream {
-    pub policy: Spanned<String>,
+    pub policy: Spanned<FilePolicy>,
     pub backends: Spanned<Vec<Spanned<FileBackend>>>,
     pub policy_config: Option<Spanned<toml::Table>>,
     pub connect_timeout: Option<Spanned<String>>,
@@ -116,7 +118,7 @@ pub(super) struct FileUpstream {
     pub retries: Option<u32>,
     pub retry_timeout: Option<Spanned<String>>,
     pub health_check: Option<Spanned<FileHealthCheck>>,
-    pub shadow_policy: Option<Spanned<String>>,
+    pub shadow_policy: Option<Spanned<FilePolicy>>,
     pub shadow_sample: Option<Spanned<f64>>,
     pub shadow_policy_config: Option<Spanned<toml::Table>>,
 }
@@ -141,6 +143,42 @@ pub(super) struct FileRoute {
     pub path_prefix: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
     pub max_body_size: Option<Spanned<String>>,
+}
+
+/// `policy = "name, path or oci://reference"`, or a table `{ path = "...",
+/// sha256 = "..." }` or `{ oci = "oci://...", sha256 = "..." }`.
+#[derive(Debug)]
+pub(super) enum FilePolicy {
+    Text(String),
+    Table(FilePolicyTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FilePolicyTable {
+    pub path: Option<String>,
+    pub oci: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for FilePolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FilePolicy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a built-in policy name, a .wasm path, an oci:// reference, or a table { path = ..., sha256 = ... } or { oci = ..., sha256 = ... }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FilePolicy, E> {
+                Ok(FilePolicy::Text(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<FilePolicy, A::Error> {
+                FilePolicyTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FilePolicy::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `listen = "addr"`, or a list whose entries are addresses or tables

@@ -25,7 +25,8 @@ pub struct Config {
     pub upgrades: Vec<String>,
     /// Where the access log goes, if anywhere.
     pub access_log: Option<AccessLogConfig>,
-    /// Where precompiled policies are kept, if anywhere.
+    /// Where precompiled policies and policies pulled from registries are
+    /// kept, if anywhere.
     pub cache_dir: Option<PathBuf>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -96,9 +97,15 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         .upstreams
         .iter()
         .filter_map(|(name, up)| up.get_ref().to_upstream(c, &base, name))
-        .map(|up| UpstreamConfig {
-            zone: server.zone.clone(),
-            ..up
+        .map(|mut up| {
+            up.policy.allow_plain_http(&server.insecure_registries);
+            if let Some(shadow) = &mut up.shadow {
+                shadow.policy.allow_plain_http(&server.insecure_registries);
+            }
+            UpstreamConfig {
+                zone: server.zone.clone(),
+                ..up
+            }
         })
         .collect();
     let names: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();

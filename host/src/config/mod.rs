@@ -11,6 +11,8 @@
 mod check;
 mod file;
 mod load;
+pub mod oci;
+mod policy;
 mod routes;
 mod server;
 mod shadow;
@@ -20,6 +22,8 @@ pub mod values;
 pub use check::{ConfigError, ConfigErrors, Origin};
 pub use file::LogFormat;
 pub use load::Config;
+pub use oci::OciReference;
+pub use policy::PolicySource;
 pub use routes::{HostMatch, RouteConfig};
 pub use server::{
     AccessLogConfig, AdminConfig, ClientLimits, DEFAULT_CLIENT_BODY_TIMEOUT,
@@ -33,8 +37,7 @@ pub use upstream::{
     DEFAULT_POLICY_MAX_FAILURES, DEFAULT_POLICY_MEMORY, DEFAULT_POLICY_MEMORY_MAX,
     DEFAULT_POLICY_TIMEOUT, DEFAULT_POLICY_TIMEOUT_MAX, DEFAULT_READ_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_SEND_TIMEOUT,
-    DEFAULT_TUNNEL_IDLE_TIMEOUT, HealthCheckConfig, PolicySource, SandboxConfig, ShadowConfig,
-    UpstreamConfig,
+    DEFAULT_TUNNEL_IDLE_TIMEOUT, HealthCheckConfig, SandboxConfig, ShadowConfig, UpstreamConfig,
 };
 
 #[cfg(test)]

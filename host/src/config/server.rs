@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::check::{Checker, Origin};
 use super::file::{FileAccessLog, FileAdmin, FileServer, LogFormat};
-use super::values::{default_cache_dir, duration, is_token, size};
+use super::values::{default_cache_dir, duration, is_authority, is_token, size};
 
 /// How long in-flight requests may run after SIGTERM before the process exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -106,6 +106,7 @@ pub(super) struct Server {
     pub forwarded: bool,
     pub upgrades: Vec<String>,
     pub cache_dir: Option<PathBuf>,
+    pub insecure_registries: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
     pub watch: bool,
@@ -180,6 +181,7 @@ impl FileServer {
                 Some(dir) => Some(base.join(dir)),
                 None => default_cache_dir(),
             },
+            insecure_registries: self.insecure_registries(c),
             trusted_proxies: self.trusted_proxies(c),
             shutdown_grace: c.or(shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
             watch: self.watch.unwrap_or(true),
@@ -271,6 +273,27 @@ impl FileServer {
                 ));
             } else {
                 out.push(name);
+            }
+        }
+        out
+    }
+
+    /// `insecure-registries`: `host[:port]` of registries spoken to over
+    /// plain HTTP.
+    fn insecure_registries(&self, c: &mut Checker<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.insecure_registries {
+            let text = r.get_ref().trim();
+            if is_authority(text) && !text.contains('/') {
+                out.push(text.to_string());
+            } else {
+                c.push(c.loc().error(
+                    r,
+                    format!(
+                        "server.insecure-registries: {:?} is not a registry host[:port] such as \"127.0.0.1:5000\"",
+                        r.get_ref()
+                    ),
+                ));
             }
         }
         out

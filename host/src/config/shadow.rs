@@ -5,27 +5,9 @@ use std::path::Path;
 
 use super::check::Checker;
 use super::file::FileUpstream;
-use super::upstream::{PolicySource, ShadowConfig};
+use super::policy::to_policy;
+use super::upstream::ShadowConfig;
 use super::values::flatten;
-
-/// A policy reference as written (`shadow-policy`): a built-in name,
-/// `native:round-robin`, or a component file relative to `base`.
-fn reference(text: &str, base: &Path) -> Result<PolicySource, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        Err("give a built-in policy name or the path of a .wasm component".into())
-    } else if let Some(native) = text.strip_prefix("native:") {
-        if native == "round-robin" {
-            Ok(PolicySource::Native(native.to_string()))
-        } else {
-            Err("the only native policy is native:round-robin".into())
-        }
-    } else if text.contains('/') || text.contains('\\') || text.ends_with(".wasm") {
-        Ok(PolicySource::File(base.join(text)))
-    } else {
-        Ok(PolicySource::Builtin(text.to_string()))
-    }
-}
 
 impl FileUpstream {
     /// The checked shadow settings, if `shadow-policy` is set.
@@ -50,13 +32,7 @@ impl FileUpstream {
             }
             return None;
         };
-        let policy = match reference(text.get_ref(), base) {
-            Ok(p) => p,
-            Err(e) => {
-                c.push(c.loc().error(text, format!("{key}.shadow-policy: {e}")));
-                return None;
-            }
-        };
+        let (policy, sha256) = to_policy(c, base, &format!("{key}.shadow-policy"), text)?;
         let sample = match &self.shadow_sample {
             None => 1.0,
             Some(s) if *s.get_ref() > 0.0 && *s.get_ref() <= 1.0 => *s.get_ref(),
@@ -78,6 +54,7 @@ impl FileUpstream {
         }
         Some(ShadowConfig {
             policy,
+            sha256,
             origin: c.loc().origin(text.span()),
             sample,
             policy_config,

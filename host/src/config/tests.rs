@@ -401,3 +401,113 @@ fn admin_token_files_are_relative_to_the_config() {
         Some(Path::new("/etc/sy/admin.token"))
     );
 }
+
+const PIN: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+#[test]
+fn a_pinned_file_or_reference_is_a_table_with_its_sha256() {
+    let src = ISSUE_EXAMPLE.replace(
+        "\"weighted\"",
+        &format!(
+            "{{ path = \"plugins/my.wasm\", sha256 = \"sha256:{}\" }}",
+            PIN.to_uppercase()
+        ),
+    );
+    let c = Config::parse(Path::new("/etc/switchyard/main.toml"), &src).unwrap();
+    let app = &c.upstreams[0];
+    assert_eq!(
+        app.policy,
+        PolicySource::File("/etc/switchyard/plugins/my.wasm".into())
+    );
+    assert_eq!(app.policy_sha256.as_deref(), Some(PIN), "lower-cased");
+
+    let src = ISSUE_EXAMPLE.replace(
+        "\"weighted\"",
+        &format!("{{ oci = \"oci://127.0.0.1:5000/p/w:v1\", sha256 = \"{PIN}\" }}"),
+    );
+    let app = &parse(&src).unwrap().upstreams[0];
+    let PolicySource::Oci(r) = &app.policy else {
+        panic!("{:?}", app.policy)
+    };
+    assert_eq!(r.to_string(), "oci://127.0.0.1:5000/p/w:v1");
+    assert_eq!(app.policy_sha256.as_deref(), Some(PIN));
+    // The string form has no pin.
+    let src = ISSUE_EXAMPLE.replace("\"weighted\"", "\"oci://127.0.0.1:5000/p/w:v1\"");
+    let app = &parse(&src).unwrap().upstreams[0];
+    assert!(matches!(app.policy, PolicySource::Oci(_)));
+    assert_eq!(app.policy_sha256, None);
+}
+
+#[test]
+fn a_bad_pin_or_policy_table_is_refused_where_it_is_written() {
+    for (policy, says) in [
+        (
+            "{ path = \"my.wasm\", sha256 = \"abc\" }".to_string(),
+            "upstreams.app.policy.sha256: \"abc\" is not a SHA-256",
+        ),
+        (
+            format!("{{ path = \"my.wasm\", oci = \"oci://r.example/p/w\", sha256 = \"{PIN}\" }}"),
+            "either `path` or `oci`, not both",
+        ),
+        (
+            format!("{{ sha256 = \"{PIN}\" }}"),
+            "upstreams.app.policy: give `path",
+        ),
+        (
+            "{ path = \"oci://r.example/p/w:v1\" }".to_string(),
+            "goes in `oci = ...`",
+        ),
+        (
+            "{ oci = \"oci://r.example/P/w:v1\" }".to_string(),
+            "upstreams.app.policy.oci: \"P/w\" is not a repository",
+        ),
+        (
+            "\"oci://r.example/p/w@sha256:abc\"".to_string(),
+            "upstreams.app.policy: \"sha256:abc\" is not a digest",
+        ),
+    ] {
+        let err = parse(&ISSUE_EXAMPLE.replace("\"weighted\"", &policy))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml:6:10:"), "{policy}: {err}");
+        assert!(err.contains(says), "{policy}: {err}");
+    }
+    let err = parse(&ISSUE_EXAMPLE.replace("\"weighted\"", "{ file = \"my.wasm\" }"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("test.toml:6:") && err.contains("unknown field `file`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_listed_registries_are_spoken_to_over_plain_http() {
+    let src = ISSUE_EXAMPLE
+        .replace(
+            "listen = \"127.0.0.1:18080\"",
+            "listen = \"127.0.0.1:18080\"\ninsecure-registries = [\"127.0.0.1:5000\"]",
+        )
+        .replace("\"weighted\"", "\"oci://127.0.0.1:5000/p/w:v1\"")
+        .replace(
+            "[[routes]]",
+            "[upstreams.other]\npolicy = \"oci://127.0.0.1:5001/p/w:v1\"\nbackends = [{ name = \"a\", address = \"127.0.0.1:19001\" }]\n\n[[routes]]",
+        );
+    let c = parse(&src).unwrap();
+    let plain: Vec<bool> = c
+        .upstreams
+        .iter()
+        .map(|u| matches!(&u.policy, PolicySource::Oci(r) if r.plain_http))
+        .collect();
+    assert_eq!(plain, [true, false]);
+
+    let src = ISSUE_EXAMPLE.replace(
+        "listen = \"127.0.0.1:18080\"",
+        "listen = \"127.0.0.1:18080\"\ninsecure-registries = [\"http://127.0.0.1:5000/\"]",
+    );
+    let err = parse(&src).unwrap_err().to_string();
+    assert!(
+        err.contains("test.toml:4:") && err.contains("server.insecure-registries"),
+        "{err}"
+    );
+}

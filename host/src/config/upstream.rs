@@ -2,15 +2,15 @@
 //! sandbox, the timeouts and limits toward its backends, passive and active
 //! health.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::check::{Checker, Origin};
 use super::file::{FileBackend, FileHealthCheck, FileUpstream};
+use super::policy::{PolicySource, to_policy};
 use super::values::{duration, flatten, is_authority, parse_status_range, resolve, size};
 
 /// Connect timeout to a backend when the upstream sets none.
@@ -54,28 +54,6 @@ pub const DEFAULT_POLICY_TIMEOUT_MAX: Duration = Duration::from_millis(50);
 /// Consecutive failures after which a policy is reported unhealthy.
 pub const DEFAULT_POLICY_MAX_FAILURES: u32 = 5;
 
-/// Where a policy comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PolicySource {
-    /// One of the policies compiled into the binary, by name.
-    Builtin(String),
-    /// A component file, path resolved against the config's directory.
-    File(PathBuf),
-    /// `native:round-robin`: the host's own round-robin, no Wasm at all.
-    /// For measuring what the Wasm boundary costs; not a policy to deploy.
-    Native(String),
-}
-
-impl fmt::Display for PolicySource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PolicySource::Builtin(name) => f.write_str(name),
-            PolicySource::File(path) => write!(f, "{}", path.display()),
-            PolicySource::Native(name) => write!(f, "native:{name}"),
-        }
-    }
-}
-
 /// One upstream group.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -83,6 +61,9 @@ pub struct UpstreamConfig {
     pub name: String,
     /// The selection policy.
     pub policy: PolicySource,
+    /// `sha256 = ...` of the table form: the SHA-256 (hex) the policy's
+    /// component must have; checked on the bytes compiled, at every load.
+    pub policy_sha256: Option<String>,
     /// Where `policy = ...` was written, for errors found when loading it.
     pub policy_origin: Origin,
     /// `policy-config`, flattened for the policy (see `selector.wit`).
@@ -166,6 +147,8 @@ impl Default for SandboxConfig {
 pub struct ShadowConfig {
     /// The candidate.
     pub policy: PolicySource,
+    /// The SHA-256 its component must have (`{ ..., sha256 = "..." }`).
+    pub sha256: Option<String>,
     /// Where `shadow-policy` was written.
     pub origin: Origin,
     /// Share of requests it is asked about (`shadow-sample`, 0 < s <= 1).
@@ -235,15 +218,17 @@ impl FileUpstream {
         name: &str,
     ) -> Option<UpstreamConfig> {
         let key = format!("upstreams.{name}");
-        let policy = self.policy(c, base, &key);
+        let policy = to_policy(c, base, &format!("{key}.policy"), &self.policy);
         let backends = self.backends(c, &key);
         let t = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<String>>, d: Duration| {
             let r = duration(c.loc(), &format!("{key}.{k}"), v, d, true);
             c.or(r, d)
         };
+        let (policy, policy_sha256) = policy?;
         let up = UpstreamConfig {
             name: name.to_string(),
-            policy: policy?,
+            policy,
+            policy_sha256,
             policy_origin: c.loc().origin(self.policy.span()),
             policy_config: self.policy_config(),
             backends: backends?,
@@ -305,32 +290,6 @@ impl FileUpstream {
             shadow: self.shadow(c, base, &key),
         };
         Some(up)
-    }
-
-    fn policy(&self, c: &mut Checker<'_>, base: &Path, key: &str) -> Option<PolicySource> {
-        let text = self.policy.get_ref().trim();
-        if text.is_empty() {
-            c.push(c.loc().error(
-                &self.policy,
-                format!(
-                    "{key}.policy: give a built-in policy name or the path of a .wasm component"
-                ),
-            ));
-            None
-        } else if let Some(native) = text.strip_prefix("native:") {
-            if native != "round-robin" {
-                c.push(c.loc().error(
-                    &self.policy,
-                    format!("{key}.policy: the only native policy is native:round-robin"),
-                ));
-                return None;
-            }
-            Some(PolicySource::Native(native.to_string()))
-        } else if text.contains('/') || text.contains('\\') || text.ends_with(".wasm") {
-            Some(PolicySource::File(base.join(text)))
-        } else {
-            Some(PolicySource::Builtin(text.to_string()))
-        }
     }
 
     fn backends(&self, c: &mut Checker<'_>, key: &str) -> Option<Vec<BackendConfig>> {

@@ -6,8 +6,9 @@
 //! set (401).
 //!
 //! - `GET /status`: JSON with the config generation and, per upstream, its
-//!   policy (source, digest, load time, health) and backends (health,
-//!   in-flight, latency);
+//!   policy (source, digest, load time, health, why a change of its file
+//!   was refused) and backends (health, in-flight, latency); why the last
+//!   reload was refused, if it was;
 //! - `POST /reload`: reload the config file now; 200 with the new
 //!   generation, or 422 with the reasons it was refused;
 //! - `GET /metrics`: Prometheus text format.
@@ -27,7 +28,7 @@ use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::app::App;
+use super::app::{App, Refusal, Refusals};
 use super::runtime::read_token;
 use crate::config::AdminConfig;
 use crate::edge::bind;
@@ -235,7 +236,10 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Response<ProxyBod
         return resp;
     }
     match req.uri().path() {
-        "/status" => json(&status(&ctx.proxy.runtime()), StatusCode::OK),
+        "/status" => json(
+            &status(&ctx.proxy.runtime(), &ctx.app.refusals()),
+            StatusCode::OK,
+        ),
         "/decisions" => {
             let (code, body) = super::decisions::decisions(&ctx.proxy.runtime(), req.uri().query());
             json(&body, code)
@@ -276,6 +280,28 @@ pub struct Status {
     pub config: String,
     /// The upstream groups.
     pub upstreams: Vec<UpstreamStatus>,
+    /// Why the last reload was refused (the running config stays), until
+    /// one succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload_refused: Option<RefusalInfo>,
+}
+
+/// A refused change in `/status`.
+#[derive(Debug, Serialize)]
+pub struct RefusalInfo {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<&Refusal> for RefusalInfo {
+    fn from(r: &Refusal) -> Self {
+        RefusalInfo {
+            at: rfc3339(r.at),
+            reason: r.reason.clone(),
+        }
+    }
 }
 
 /// One upstream in `/status`.
@@ -316,6 +342,10 @@ pub struct PolicyInfo {
     /// The limits it runs under (absent for the native fallback).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsInfo>,
+    /// Why the last change of its file was refused (this one keeps
+    /// serving), until one is swapped in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusalInfo>,
 }
 
 /// A policy's limits in `/status`, each with where it came from.
@@ -352,8 +382,9 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Builds the `/status` document for `runtime`.
-pub fn status(runtime: &Runtime) -> Status {
+/// Builds the `/status` document for `runtime`, with the latest refused
+/// changes.
+pub fn status(runtime: &Runtime, refusals: &Refusals) -> Status {
     let now = now_ns();
     Status {
         generation: runtime.generation,
@@ -381,6 +412,7 @@ pub fn status(runtime: &Runtime) -> Status {
                             timeout_us: p.timeout.0.as_micros() as u64,
                             timeout_from: p.timeout.1.describe(),
                         }),
+                        refused: refusals.policies.get(&u.name).map(RefusalInfo::from),
                     },
                     backends: u
                         .backends
@@ -398,5 +430,6 @@ pub fn status(runtime: &Runtime) -> Status {
                 }
             })
             .collect(),
+        reload_refused: refusals.reload.as_ref().map(RefusalInfo::from),
     }
 }

@@ -1,7 +1,10 @@
 //! What outlives any one config: the Wasm engine, policy and backend state
-//! kept by name or address, the metrics, the access-log writer.
+//! kept by name or address, the metrics, the access-log writer, and why the
+//! last changes were refused.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use super::metrics::Metrics;
 use crate::config::AccessLogConfig;
@@ -29,6 +32,26 @@ pub struct App {
     pub workers: usize,
     /// The access log writer, kept across reloads while its settings stay.
     access_log: Mutex<Option<(AccessLogConfig, AccessLog)>>,
+    refusals: Mutex<Refusals>,
+}
+
+/// [`Refusals`] says why the latest changes were refused while the running
+/// config and policies kept serving; each is cleared by the next success.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals {
+    /// The last config reload, if it was refused.
+    pub reload: Option<Refusal>,
+    /// The last policy file swap of each upstream, if it was refused.
+    pub policies: HashMap<String, Refusal>,
+}
+
+/// [`Refusal`] is one refused change: when, and why.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// When it was refused.
+    pub at: SystemTime,
+    /// Why, as logged.
+    pub reason: String,
 }
 
 impl App {
@@ -44,7 +67,35 @@ impl App {
             traces: TraceRegistry::default(),
             workers: workers.max(1),
             access_log: Mutex::new(None),
+            refusals: Mutex::default(),
         })
+    }
+
+    /// Why the latest changes were refused.
+    pub fn refusals(&self) -> Refusals {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Notes a reload's outcome: a success clears every refusal (it loaded
+    /// every policy anew).
+    pub fn note_reload(&self, result: &Result<u64, String>) {
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => *r = Refusals::default(),
+            Err(reason) => r.reload = Some(refusal(reason)),
+        }
+    }
+
+    /// Notes the outcome of a policy file swap in `upstream`.
+    pub fn note_swap(&self, upstream: &str, refused: Option<&str>) {
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        match refused {
+            None => r.policies.remove(upstream),
+            Some(reason) => r.policies.insert(upstream.to_string(), refusal(reason)),
+        };
     }
 
     /// The access log for `config`: the running one if its settings did not
@@ -66,5 +117,12 @@ impl App {
         })?;
         *current = Some((config.clone(), log.clone()));
         Ok(log)
+    }
+}
+
+fn refusal(reason: &str) -> Refusal {
+    Refusal {
+        at: SystemTime::now(),
+        reason: reason.to_string(),
     }
 }

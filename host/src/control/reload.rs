@@ -190,16 +190,22 @@ impl Reloader {
         };
         for swap in swaps {
             match swap.result {
-                Ok(digest) => tracing::info!(
-                    upstream = %swap.upstream,
-                    "policy {} swapped in (sha256:{digest})",
-                    path.display()
-                ),
-                Err(e) => tracing::warn!(
-                    upstream = %swap.upstream,
-                    "policy file {} refused, the previous policy keeps serving: {e}",
-                    path.display()
-                ),
+                Ok(digest) => {
+                    tracing::info!(
+                        upstream = %swap.upstream,
+                        "policy {} swapped in (sha256:{digest})",
+                        path.display()
+                    );
+                    self.app.note_swap(&swap.upstream, None);
+                }
+                Err(e) => {
+                    let why = format!(
+                        "policy file {} refused, the previous policy keeps serving: {e}",
+                        path.display()
+                    );
+                    tracing::warn!(upstream = %swap.upstream, "{why}");
+                    self.app.note_swap(&swap.upstream, Some(&why));
+                }
             }
         }
     }
@@ -208,6 +214,7 @@ impl Reloader {
     pub async fn reload(&mut self) -> Result<u64, String> {
         let result = self.try_reload().await;
         self.app.metrics.reload(result.is_ok());
+        self.app.note_reload(&result);
         match &result {
             Ok(generation) => tracing::info!("configuration reloaded (generation {generation})"),
             Err(e) => tracing::warn!(

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::app::App;
-use super::limits;
+use super::{limits, oci};
 use crate::config::{Config, ConfigError, PolicySource, UpstreamConfig};
 use crate::edge::ListenerSpec;
 use crate::edge::tls;
-use crate::policy::{LoadError, Policy, RoundRobin, WasmPolicy};
+use crate::policy::{Compiled, LoadError, Policy, RoundRobin, WasmPolicy};
 use crate::proxy::Runtime;
 use crate::proxy::router::Router;
 use crate::upstream::{Backend, Shadow, Upstream, states};
@@ -34,8 +34,26 @@ pub struct Swap {
     pub result: Result<String, LoadError>,
 }
 
+/// Compiles the group's policy: read from its file, taken from the
+/// binary, or pulled from its registry; refused before it is compiled
+/// when its bytes are not the ones `sha256 = ...` pins.
+pub fn compile(app: &App, up: &UpstreamConfig) -> Result<Compiled, LoadError> {
+    let pin = up.policy_sha256.as_deref();
+    match &up.policy {
+        PolicySource::Oci(reference) => {
+            let bytes =
+                oci::pull(reference, app.engine.cache_dir().as_deref()).map_err(LoadError::Pull)?;
+            app.engine.compile_bytes(up.policy.clone(), &bytes, pin)
+        }
+        source => app.engine.compile_pinned(source, pin),
+    }
+}
+
+/// The group's policy: the running one of `previous` handed the new
+/// backends where that will do (see [`updated_policy`]), else loaded anew.
 fn load_policy(
     app: &App,
+    previous: Option<&Upstream>,
     up: &UpstreamConfig,
     backends: &[Backend],
 ) -> Result<Box<dyn Policy>, LoadError> {
@@ -43,7 +61,10 @@ fn load_policy(
         return Ok(Box::new(RoundRobin::default()));
     }
     let started = std::time::Instant::now();
-    let compiled = app.engine.compile(&up.policy)?;
+    let compiled = compile(app, up)?;
+    if let Some(policy) = updated_policy(previous, up, &compiled, backends) {
+        return Ok(policy);
+    }
     let policy = WasmPolicy::load(
         &app.engine,
         compiled,
@@ -95,12 +116,13 @@ fn shadow_policy(
     };
     let mut as_live = up.clone();
     as_live.policy = cfg.policy.clone();
+    as_live.policy_sha256 = cfg.sha256.clone();
     as_live.policy_config = cfg.policy_config.clone();
     as_live.shadow = None;
     if let PolicySource::Native(_) = as_live.policy {
         return Ok(Box::new(RoundRobin::default()));
     }
-    let compiled = app.engine.compile(&as_live.policy)?;
+    let compiled = compile(app, &as_live)?;
     let policy = WasmPolicy::load(
         &app.engine,
         compiled,
@@ -114,24 +136,20 @@ fn shadow_policy(
 
 /// A policy that observes or learns keeps its instances across a reload
 /// that changes only its group's backends: when `previous` (the group as
-/// it runs now) has the same component (same file contents), the same
-/// `policy-config`, sandbox and zone, and the component exports the
+/// it runs now) has the same component (`compiled`, same contents), the
+/// same `policy-config`, sandbox and zone, and the component exports the
 /// membership call, the running policy is handed the new backends (after
 /// a dry run) instead of being loaded again. `None`: load it anew.
 fn updated_policy(
-    app: &App,
     previous: Option<&Upstream>,
     up: &UpstreamConfig,
+    compiled: &Compiled,
     backends: &[Backend],
 ) -> Option<Box<dyn Policy>> {
     let previous = previous?;
     let running = previous.policy();
-    if previous.config.policy != up.policy || matches!(up.policy, PolicySource::Native(_)) {
+    if previous.config.policy != up.policy || compiled.digest != running.status().digest {
         return None;
-    }
-    match app.engine.compile(&up.policy) {
-        Ok(compiled) if compiled.digest == running.status().digest => {}
-        _ => return None,
     }
     match running.update_to(up, &states(backends, &[]))? {
         Ok(policy) => {
@@ -181,11 +199,7 @@ pub fn build(
             .backends
             .backends(up, joined, |b| app.metrics.backend(&up.name, b));
         let running = previous.and_then(|rt| rt.upstreams.iter().find(|u| u.name == up.name));
-        let loaded = match updated_policy(app, running.map(|u| &**u), up, &backends) {
-            Some(policy) => Ok(policy),
-            None => load_policy(app, up, &backends),
-        };
-        match loaded {
+        match load_policy(app, running.map(|u| &**u), up, &backends) {
             Ok(policy) => {
                 let shadow = match load_shadow(app, up, &backends) {
                     Ok(s) => s,
@@ -261,7 +275,7 @@ pub fn policy_files(rt: &Runtime) -> Vec<&Path> {
         .flat_map(|u| std::iter::once(&u.policy).chain(u.shadow.as_ref().map(|s| &s.policy)))
         .filter_map(|p| match p {
             PolicySource::File(p) => Some(p.as_path()),
-            PolicySource::Builtin(_) | PolicySource::Native(_) => None,
+            PolicySource::Builtin(_) | PolicySource::Native(_) | PolicySource::Oci(_) => None,
         })
         .collect();
     files.sort();
@@ -280,7 +294,7 @@ pub fn swap_policy_file(rt: &Runtime, app: &App, path: &Path) -> Vec<Swap> {
         if !matches!(&up.config.policy, PolicySource::File(p) if p == path) {
             continue;
         }
-        let result = load_policy(app, &up.config, &up.backends).map(|policy| {
+        let result = load_policy(app, None, &up.config, &up.backends).map(|policy| {
             let digest = policy.status().digest;
             up.swap_policy(policy);
             digest

@@ -341,6 +341,19 @@ pub enum LoadError {
         /// Why.
         source: std::io::Error,
     },
+    /// Its component is not the one the config pins (`sha256 = ...`).
+    #[error("{what} has sha256:{actual}, but the config pins sha256:{pinned}; refused")]
+    Digest {
+        /// The source.
+        what: String,
+        /// The SHA-256 the config gives.
+        pinned: String,
+        /// The SHA-256 of the bytes read.
+        actual: String,
+    },
+    /// It could not be pulled from its registry, and no copy is cached.
+    #[error("{0}")]
+    Pull(String),
     /// Not a WebAssembly binary at all.
     #[error("{0} is not a WebAssembly component (no \\0asm header)")]
     NotWasm(String),

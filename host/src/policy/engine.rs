@@ -149,9 +149,25 @@ impl PolicyEngine {
         *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = dir;
     }
 
+    /// The directory precompiled components are kept in, if any.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Reads (for files) and compiles a policy, and checks that it fits the
     /// world. Blocking and CPU-heavy: keep it off the request path.
     pub fn compile(&self, source: &PolicySource) -> Result<Compiled, LoadError> {
+        self.compile_pinned(source, None)
+    }
+
+    /// Like [`PolicyEngine::compile`], refusing a component whose SHA-256
+    /// (hex) is not `sha256`. An `oci://` source is not read here: pull it
+    /// and use [`PolicyEngine::compile_bytes`].
+    pub fn compile_pinned(
+        &self,
+        source: &PolicySource,
+        sha256: Option<&str>,
+    ) -> Result<Compiled, LoadError> {
         let what = source.to_string();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
             PolicySource::Builtin(name) => match builtin::get(name) {
@@ -164,15 +180,33 @@ impl PolicyEngine {
                     source,
                 })?
                 .into(),
-            PolicySource::Native(_) => return Err(LoadError::NotWasm(what)),
+            PolicySource::Native(_) | PolicySource::Oci(_) => {
+                return Err(LoadError::NotWasm(what));
+            }
         };
-        self.compile_bytes(source.clone(), &bytes)
+        self.compile_bytes(source.clone(), &bytes, sha256)
     }
 
-    /// Compiles component bytes that came from `source`.
-    pub fn compile_bytes(&self, source: PolicySource, bytes: &[u8]) -> Result<Compiled, LoadError> {
+    /// Compiles component bytes that came from `source`; when `sha256` is
+    /// given, they must have that SHA-256 (hex), or they are refused before
+    /// anything else is done with them.
+    pub fn compile_bytes(
+        &self,
+        source: PolicySource,
+        bytes: &[u8],
+        sha256: Option<&str>,
+    ) -> Result<Compiled, LoadError> {
         let what = source.to_string();
         let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(pinned) = sha256
+            && !pinned.eq_ignore_ascii_case(&hex(&digest))
+        {
+            return Err(LoadError::Digest {
+                what,
+                pinned: pinned.to_ascii_lowercase(),
+                actual: hex(&digest),
+            });
+        }
         let compiled = |pre, wasi| Compiled {
             source: source.clone(),
             size: bytes.len(),

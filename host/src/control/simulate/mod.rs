@@ -30,7 +30,7 @@ use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
 
 use super::app::App;
-use crate::config::{Config, PolicySource, UpstreamConfig};
+use crate::config::{Config, OciReference, PolicySource, UpstreamConfig};
 use crate::policy::{Policy, RoundRobin, StateRegistry, WasmPolicy, set_virtual_ns};
 use crate::upstream::{Backend, BackendRegistry, FailureKind, InFlight, Outcome, Upstream, states};
 use report::{PolicyRun, Served};
@@ -73,13 +73,17 @@ pub fn run(options: &Options) -> anyhow::Result<report::Report> {
     app.engine.set_cache_dir(config.cache_dir.clone());
     let mut sources = vec![(up.policy.clone(), up.policy_config.clone())];
     for p in &options.policies {
-        sources.push((source_of(p, Path::new(".")), Vec::new()));
+        sources.push((source_of(p, Path::new("."), &config)?, Vec::new()));
     }
     let mut runs = Vec::new();
     for (source, policy_config) in sources {
         let mut group = up.clone();
+        if group.policy != source {
+            group.policy_sha256 = None;
+        }
         group.policy = source;
         group.policy_config = policy_config;
+        group.shadow = None;
         runs.push(simulate_one(&app, group, &scenario, &arrivals)?);
     }
     Ok(report::Report {
@@ -122,14 +126,22 @@ fn pick_upstream<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<&
 }
 
 /// A policy named on the command line: a built-in, `native:round-robin`,
-/// or a component file.
-fn source_of(text: &str, base: &Path) -> PolicySource {
-    if let Some(native) = text.strip_prefix("native:") {
-        PolicySource::Native(native.to_string())
+/// a component file, or an `oci://` reference (over plain HTTP if the
+/// config already speaks so to that registry).
+fn source_of(text: &str, base: &Path, config: &Config) -> anyhow::Result<PolicySource> {
+    if text.starts_with("oci://") {
+        let mut r =
+            OciReference::parse(text).map_err(|e| anyhow::anyhow!("--policy {text}: {e}"))?;
+        r.plain_http = config.upstreams.iter().any(|u| {
+            matches!(&u.policy, PolicySource::Oci(o) if o.registry == r.registry && o.plain_http)
+        });
+        Ok(PolicySource::Oci(r))
+    } else if let Some(native) = text.strip_prefix("native:") {
+        Ok(PolicySource::Native(native.to_string()))
     } else if text.ends_with(".wasm") || text.contains('/') {
-        PolicySource::File(base.join(text))
+        Ok(PolicySource::File(base.join(text)))
     } else {
-        PolicySource::Builtin(text.to_string())
+        Ok(PolicySource::Builtin(text.to_string()))
     }
 }
 
@@ -181,7 +193,8 @@ fn load(
         return Ok(Box::new(RoundRobin::default()));
     }
     let what = || format!("policy {}", group.policy);
-    let compiled = app.engine.compile(&group.policy).with_context(what)?;
+    // As the proxy would: pulled if a reference, checked against its pin.
+    let compiled = super::runtime::compile(app, group).with_context(what)?;
     let policy = WasmPolicy::load(
         &app.engine,
         compiled,
