@@ -249,10 +249,19 @@ fn a_hostile_shadow_costs_no_request() {
         assert_eq!(c.live, samples.len() as f64, "{h:?}: live decisions");
         assert_eq!(answered, 0.0, "{h:?}: the shadow never answers on /x");
         assert!(c.failures > 0.0, "{h:?}: no shadow failure counted");
+        // Once unhealthy it is skipped, and a skipped shadow is not called:
+        // only the calls that failed count, a few per probe.
+        assert!(
+            c.failures * 10.0 < samples.len() as f64,
+            "{h:?}: {} failures counted for {} requests",
+            c.failures,
+            samples.len()
+        );
         assert!(status["failures"].as_u64() > Some(0), "{h:?}: {status}");
         assert_eq!(status["healthy"], false, "{h:?}: {status}");
-        // Each trace says the shadow failed; some say how.
-        let named = !kinds.contains_key("none") && kinds.contains_key(h.kind());
+        // A trace says how the shadow failed, or nothing while it is skipped.
+        let named =
+            kinds.contains_key(h.kind()) && kinds.keys().all(|k| k == h.kind() || k == "none");
         assert!(named, "{h:?}: {kinds:?}");
         let p50_cap = plain.p50 + Duration::from_millis(2);
         let p99_cap = plain.p99 * 2 + Duration::from_millis(10);
@@ -393,7 +402,11 @@ fn decisions_show_what_the_policy_saw_and_its_reason() {
             get_with(&agent, &url, &header[..usize::from(keyed[i])]).body
         })
         .collect();
-    let digest = bare(&proxy.status()["upstreams"][0]["policy"]["digest"]);
+    // `sha256:HEX`, as /status gives it.
+    let digest = proxy.status()["upstreams"][0]["policy"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let (code, body) = admin_json(&proxy, "/decisions?upstream=app&limit=10");
     assert_eq!(code, 200, "{body}");
     assert_eq!(

@@ -205,7 +205,7 @@ impl Upstream {
         let status = policy.status();
         let name = |i: usize| self.backends[i].name.clone();
         let mut t = Trace::new(&req.parts, req.attempt);
-        t.policy = (status.source, status.digest);
+        t.policy = (status.source, shadow::prefixed(status.digest));
         t.seen = self
             .backends
             .iter()

@@ -81,7 +81,9 @@ impl Shadow {
         let answer = policy.select(req, states).and_then(|d| validate(d, states));
         match &answer {
             Ok(_) => policy.settle(Ok(())),
-            Err(PolicyFailure::Skipped | PolicyFailure::Warming) => {}
+            // Not called: skipped while unhealthy, or no instance ready on
+            // this thread yet. Neither an answer nor a failure.
+            Err(PolicyFailure::Skipped | PolicyFailure::Warming) => return None,
             Err(f) => policy.settle(Err(f)),
         }
         match answer {
@@ -111,7 +113,7 @@ impl Shadow {
         let decisions = agreed + self.metrics.disagree.get();
         ShadowStatus {
             policy: status.source,
-            digest: status.digest,
+            digest: prefixed(status.digest),
             sample: self.sample,
             decisions,
             agreed,
@@ -123,5 +125,15 @@ impl Shadow {
             failures: self.metrics.failures.get(),
             healthy: status.healthy,
         }
+    }
+}
+
+/// A digest as `/status` shows them: `sha256:HEX` (empty stays empty, for
+/// the native fallback).
+pub fn prefixed(hex: String) -> String {
+    if hex.is_empty() {
+        hex
+    } else {
+        format!("sha256:{hex}")
     }
 }

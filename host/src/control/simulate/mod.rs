@@ -234,7 +234,7 @@ fn simulate_one(
         watched: policy.watched_headers().len(),
         run: PolicyRun::new(
             policy.name().to_string(),
-            policy.status().digest,
+            crate::upstream::shadow::prefixed(policy.status().digest),
             arrivals.len(),
         ),
         policy,

@@ -21,7 +21,7 @@ pub struct Served {
 pub struct PolicyRun {
     /// The policy, as the proxy names it.
     pub policy: String,
-    /// SHA-256 of its component (empty for a native policy).
+    /// `sha256:HEX` of its component (empty for a native policy).
     pub digest: String,
     /// Requests answered with a 5xx.
     pub errors: u64,
@@ -227,10 +227,11 @@ impl Report {
             let mut sorted = run.latencies.clone();
             sorted.sort_unstable();
             let total = run.total() as u64;
-            let digest = if run.digest.is_empty() {
+            let hex = run.digest.strip_prefix("sha256:").unwrap_or(&run.digest);
+            let digest = if hex.is_empty() {
                 String::new()
             } else {
-                format!(" (sha256 {})", &run.digest[..run.digest.len().min(12)])
+                format!(" (sha256 {})", &hex[..hex.len().min(12)])
             };
             let _ = writeln!(
                 out,
