@@ -9,6 +9,7 @@
 //! crate.
 
 mod check;
+mod discovery;
 mod file;
 mod load;
 pub mod oci;
@@ -20,6 +21,7 @@ mod upstream;
 pub mod values;
 
 pub use check::{ConfigError, ConfigErrors, Origin};
+pub use discovery::{DEFAULT_DNS_REFRESH, DnsBackends, DnsQuery, DnsSource, MIN_DNS_REFRESH};
 pub use file::LogFormat;
 pub use load::Config;
 pub use oci::OciReference;
