@@ -193,21 +193,28 @@ fn tokio_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `run`: the config loaded (DNS names looked up), then served.
+fn run(
+    config: &std::path::Path,
+    workers: Option<usize>,
+    no_watch: bool,
+) -> anyhow::Result<ExitCode> {
+    let workers = worker_count(workers);
+    let app = App::new(workers)?;
+    tokio_runtime(workers)?.block_on(async {
+        let built = serve::load(&app, config).await?;
+        serve::serve(Arc::new(app), built, !no_watch).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             config,
             workers,
             no_watch,
-        } => {
-            let workers = worker_count(workers);
-            let app = App::new(workers)?;
-            tokio_runtime(workers)?.block_on(async {
-                let built = serve::load(&app, &config).await?;
-                serve::serve(Arc::new(app), built, !no_watch).await
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run(&config, workers, no_watch),
         Command::Check { config } => check(&config),
         Command::Simulate {
             config,

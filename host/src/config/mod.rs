@@ -10,6 +10,7 @@
 
 mod check;
 mod discovery;
+mod dns;
 mod file;
 mod load;
 pub mod oci;
@@ -21,7 +22,7 @@ mod upstream;
 pub mod values;
 
 pub use check::{ConfigError, ConfigErrors, Origin};
-pub use discovery::{DEFAULT_DNS_REFRESH, DnsBackends, DnsQuery, DnsSource, MIN_DNS_REFRESH};
+pub use dns::{DEFAULT_DNS_REFRESH, DnsBackends, DnsQuery, DnsSource, MIN_DNS_REFRESH};
 pub use file::LogFormat;
 pub use load::Config;
 pub use oci::OciReference;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::check::{Checker, Origin};
-use super::discovery::resolver;
+use super::dns::resolver;
 use super::file::{FileAccessLog, FileAdmin, FileServer, LogFormat};
 use super::values::{default_cache_dir, duration, is_authority, is_token, size};
 

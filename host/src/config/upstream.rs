@@ -9,7 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::check::{Checker, Origin};
-use super::discovery::{DnsBackends, DnsSource, dns_refresh};
+use super::dns::{DnsBackends, DnsSource, dns_refresh};
 use super::file::{FileBackend, FileHealthCheck, FileUpstream};
 use super::policy::{PolicySource, to_policy};
 use super::values::{duration, flatten, is_authority, parse_status_range, resolve, size};

@@ -73,6 +73,17 @@ struct AttemptLabels {
     kind: String,
 }
 
+/// `switchyard_dns_resolutions_total`, registered.
+fn dns_family(registry: &mut Registry) -> Family<ResultLabels, Counter> {
+    let dns = Family::<ResultLabels, Counter>::default();
+    registry.register(
+        "dns_resolutions",
+        "Lookups of an upstream's dns and srv entries, by result (ok; empty: no address; failed: no answer, the addresses found last stay)",
+        dns.clone(),
+    );
+    dns
+}
+
 /// [`Metrics`] is the process's metric registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -116,12 +127,7 @@ impl Metrics {
         let shadow_decisions = Family::<AgreeLabels, Counter>::default();
         let shadow_backends = Family::<BackendLabels, Counter>::default();
         let shadow_failures = Family::<UpstreamLabels, Counter>::default();
-        let dns = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "dns_resolutions",
-            "Lookups of an upstream's dns and srv entries, by result (ok; empty: no address; failed: no answer, the addresses found last stay)",
-            dns.clone(),
-        );
+        let dns = dns_family(&mut registry);
         registry.register(
             "shadow_decisions",
             "Decisions a shadow policy answered, by whether it chose the backend the request went to",
