@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::{Config, OciReference, PolicySource};
 use switchyard::control::app::App;
-use switchyard::control::{limits, oci, runtime, serve, simulate};
+use switchyard::control::{dns, limits, oci, runtime, serve, simulate};
 use switchyard::policy::{PolicyEngine, builtin};
 use switchyard_tools::{authoring, demo};
 
@@ -193,19 +193,28 @@ fn tokio_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `run`: the config loaded (DNS names looked up), then served.
+fn run(
+    config: &std::path::Path,
+    workers: Option<usize>,
+    no_watch: bool,
+) -> anyhow::Result<ExitCode> {
+    let workers = worker_count(workers);
+    let app = App::new(workers)?;
+    tokio_runtime(workers)?.block_on(async {
+        let built = serve::load(&app, config).await?;
+        serve::serve(Arc::new(app), built, !no_watch).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             config,
             workers,
             no_watch,
-        } => {
-            let workers = worker_count(workers);
-            let app = App::new(workers)?;
-            let built = runtime::load(&app, &config)?;
-            tokio_runtime(workers)?.block_on(serve::serve(Arc::new(app), built, !no_watch))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run(&config, workers, no_watch),
         Command::Check { config } => check(&config),
         Command::Simulate {
             config,
@@ -403,6 +412,9 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let app = App::new(1)?;
+    // Names are looked up as `run` would; one that does not resolve is
+    // warned about, not refused (the proxy would start and keep trying).
+    let config = tokio_runtime(1)?.block_on(dns::discover(config, None, &app.metrics));
     match runtime::build(config, &app, 1, None) {
         Ok(built) => {
             for up in &built.runtime.upstreams {
@@ -412,8 +424,16 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 } else {
                     format!(", exports {}", status.exports.join(" and "))
                 };
+                let from_dns = up.config.backends.iter().filter(|b| b.dns.is_some());
+                let from_dns = match (up.config.dns.len(), from_dns.count()) {
+                    (0, _) => String::new(),
+                    (entries, n) => format!(
+                        " ({n} found by {entries} dns/srv entr{})",
+                        if entries == 1 { "y" } else { "ies" }
+                    ),
+                };
                 println!(
-                    "upstream {}: policy {} (contract {}{exports}), {} backend(s)",
+                    "upstream {}: policy {} (contract {}{exports}), {} backend(s){from_dns}",
                     up.name,
                     up.policy().name(),
                     status.contract,

@@ -2,6 +2,7 @@
 //! 127.0.0.1, real config and plugin files, real HTTP clients.
 
 mod common;
+mod dnsmasq;
 mod fixtures;
 mod registry;
 
@@ -11,6 +12,7 @@ mod balancing;
 mod check;
 mod contract;
 mod demo;
+mod dns;
 mod failures;
 mod flask;
 mod forwarding;

@@ -43,6 +43,7 @@ pub(super) struct FileServer {
     #[serde(default)]
     pub insecure_registries: Vec<Spanned<String>>,
     pub zone: Option<Spanned<String>>,
+    pub resolver: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,13 +122,18 @@ pub(super) struct FileUpstream {
     pub shadow_policy: Option<Spanned<FilePolicy>>,
     pub shadow_sample: Option<Spanned<f64>>,
     pub shadow_policy_config: Option<Spanned<toml::Table>>,
+    pub dns_refresh: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct FileBackend {
     pub name: Spanned<String>,
-    pub address: Spanned<String>,
+    pub address: Option<Spanned<String>>,
+    /// `host:port` whose A and AAAA records are the backends.
+    pub dns: Option<Spanned<String>>,
+    /// An SRV name whose records are the backends.
+    pub srv: Option<Spanned<String>>,
     pub weight: Option<Spanned<u32>>,
     #[serde(default)]
     pub backup: bool,

@@ -36,6 +36,9 @@ pub struct Config {
     pub watch: bool,
     /// The proxy's zone, for zone-aware policies.
     pub zone: Option<String>,
+    /// The DNS server `dns` and `srv` backends are looked up with (UDP,
+    /// then TCP); `None`: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<std::net::SocketAddr>,
     /// The admin API, if enabled.
     pub admin: Option<AdminConfig>,
     /// Upstream groups, by name order.
@@ -123,6 +126,7 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         shutdown_grace: server.shutdown_grace,
         watch: server.watch,
         zone: server.zone.clone(),
+        resolver: server.resolver,
         admin,
         upstreams,
         routes,

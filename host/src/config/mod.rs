@@ -9,6 +9,8 @@
 //! crate.
 
 mod check;
+mod discovery;
+mod dns;
 mod file;
 mod load;
 pub mod oci;
@@ -20,6 +22,7 @@ mod upstream;
 pub mod values;
 
 pub use check::{ConfigError, ConfigErrors, Origin};
+pub use dns::{DEFAULT_DNS_REFRESH, DnsBackends, DnsQuery, DnsSource, MIN_DNS_REFRESH};
 pub use file::LogFormat;
 pub use load::Config;
 pub use oci::OciReference;

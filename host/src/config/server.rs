@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::check::{Checker, Origin};
+use super::dns::resolver;
 use super::file::{FileAccessLog, FileAdmin, FileServer, LogFormat};
 use super::values::{default_cache_dir, duration, is_authority, is_token, size};
 
@@ -111,6 +112,7 @@ pub(super) struct Server {
     pub shutdown_grace: Duration,
     pub watch: bool,
     pub zone: Option<String>,
+    pub resolver: Option<SocketAddr>,
 }
 
 impl FileServer {
@@ -192,6 +194,7 @@ impl FileServer {
                 }
                 z => z.as_ref().map(|z| z.get_ref().trim().to_string()),
             },
+            resolver: resolver(c, &self.resolver),
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::check::{Checker, Origin};
+use super::dns::{DnsBackends, DnsSource, dns_refresh};
 use super::file::{FileBackend, FileHealthCheck, FileUpstream};
 use super::policy::{PolicySource, to_policy};
 use super::values::{duration, flatten, is_authority, parse_status_range, resolve, size};
@@ -68,8 +69,13 @@ pub struct UpstreamConfig {
     pub policy_origin: Origin,
     /// `policy-config`, flattened for the policy (see `selector.wit`).
     pub policy_config: Vec<(String, String)>,
-    /// The backends, in configuration order.
+    /// The backends, in configuration order: the `address` entries, and
+    /// what the `dns` and `srv` entries found when the group was built.
     pub backends: Vec<BackendConfig>,
+    /// The `dns` and `srv` entries, looked up again every `dns_refresh`.
+    pub dns: Vec<DnsBackends>,
+    /// Time between two lookups of the DNS entries (a shorter TTL wins).
+    pub dns_refresh: Duration,
     /// Timeout for a TCP connect to a backend (and for waiting for a
     /// connection slot when the backend is at `max-connections-per-backend`).
     pub connect_timeout: Duration,
@@ -175,6 +181,8 @@ pub struct BackendConfig {
     /// `tags = { zone = "eu-1" }`, sorted by key, values as text: handed
     /// to the policy.
     pub tags: Vec<(String, String)>,
+    /// The `dns` or `srv` entry that found it, if one did.
+    pub dns: Option<DnsSource>,
 }
 
 /// Active health checking of an upstream's backends.
@@ -220,18 +228,26 @@ impl FileUpstream {
         let key = format!("upstreams.{name}");
         let policy = to_policy(c, base, &format!("{key}.policy"), &self.policy);
         let backends = self.backends(c, &key);
+        let has_dns = self.backends.get_ref().iter().any(|b| {
+            let b = b.get_ref();
+            b.dns.is_some() || b.srv.is_some()
+        });
+        let refresh = dns_refresh(c, &key, &self.dns_refresh, has_dns);
         let t = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<String>>, d: Duration| {
             let r = duration(c.loc(), &format!("{key}.{k}"), v, d, true);
             c.or(r, d)
         };
         let (policy, policy_sha256) = policy?;
+        let (backends, dns) = backends?;
         let up = UpstreamConfig {
             name: name.to_string(),
             policy,
             policy_sha256,
             policy_origin: c.loc().origin(self.policy.span()),
             policy_config: self.policy_config(),
-            backends: backends?,
+            backends,
+            dns,
+            dns_refresh: refresh,
             connect_timeout: t(
                 c,
                 "connect-timeout",
@@ -292,7 +308,12 @@ impl FileUpstream {
         Some(up)
     }
 
-    fn backends(&self, c: &mut Checker<'_>, key: &str) -> Option<Vec<BackendConfig>> {
+    /// The `address` entries and the `dns`/`srv` ones.
+    fn backends(
+        &self,
+        c: &mut Checker<'_>,
+        key: &str,
+    ) -> Option<(Vec<BackendConfig>, Vec<DnsBackends>)> {
         let list = self.backends.get_ref();
         if list.is_empty() {
             c.push(c.loc().error(
@@ -303,21 +324,30 @@ impl FileUpstream {
         }
         let before = c.errors.len();
         let mut backends: Vec<BackendConfig> = Vec::new();
+        let mut dns: Vec<DnsBackends> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for (i, b) in list.iter().enumerate() {
-            if let Some(b) = b
-                .get_ref()
-                .to_backend(c, &format!("{key}.backends[{i}]"), &backends)
-            {
+            let (b, key) = (b.get_ref(), format!("{key}.backends[{i}]"));
+            let Some(name) = b.entry_name(c, &key, &names) else {
+                continue;
+            };
+            names.push(name.clone());
+            if let Some(why) = b.source_problem() {
+                c.push(c.loc().error(&b.name, format!("{key}: {why}")));
+            } else if b.address.is_none() {
+                dns.extend(b.to_dns(c, &key, name, backends.len()));
+            } else if let Some(b) = b.to_backend(c, &key, name) {
                 backends.push(b);
             }
         }
-        if backends.iter().all(|b| b.backup) && !backends.is_empty() {
+        let all_backup = backends.iter().all(|b| b.backup) && dns.iter().all(|d| d.backup);
+        if all_backup && !(backends.is_empty() && dns.is_empty()) {
             c.push(c.loc().error(
                 &self.backends,
                 format!("{key}.backends: every backend is a backup; at least one must not be"),
             ));
         }
-        (c.errors.len() == before).then_some(backends)
+        (c.errors.len() == before).then_some((backends, dns))
     }
 
     fn policy_config(&self) -> Vec<(String, String)> {
@@ -396,12 +426,8 @@ impl FileUpstream {
 }
 
 impl FileBackend {
-    fn to_backend(
-        &self,
-        c: &mut Checker<'_>,
-        key: &str,
-        earlier: &[BackendConfig],
-    ) -> Option<BackendConfig> {
+    /// The entry's name, unless it is empty or one of `earlier`.
+    fn entry_name(&self, c: &mut Checker<'_>, key: &str, earlier: &[String]) -> Option<String> {
         let name = self.name.get_ref();
         if name.is_empty() {
             c.push(
@@ -410,39 +436,43 @@ impl FileBackend {
             );
             return None;
         }
-        if earlier.iter().any(|o| &o.name == name) {
+        if earlier.contains(name) {
             c.push(c.loc().error(
                 &self.name,
                 format!("{key}.name: {name:?} is used twice in this upstream"),
             ));
             return None;
         }
-        let address = self.address.get_ref().trim().to_string();
+        Some(name.clone())
+    }
+
+    /// An `address` entry.
+    fn to_backend(&self, c: &mut Checker<'_>, key: &str, name: String) -> Option<BackendConfig> {
+        let written = self.address.as_ref()?;
+        let address = written.get_ref().trim().to_string();
         let socket_addr = match resolve(&address) {
             Ok(a) => a,
             Err(why) => {
-                c.push(
-                    c.loc()
-                        .error(&self.address, format!("{key}.address: {why}")),
-                );
+                c.push(c.loc().error(written, format!("{key}.address: {why}")));
                 return None;
             }
         };
         let weight = at_least_one(c, &format!("{key}.weight"), &self.weight, 1);
         let tags = self.tags(c, key)?;
         Some(BackendConfig {
-            name: name.clone(),
+            name,
             address,
             socket_addr,
             weight,
             backup: self.backup,
             h2: self.h2,
             tags,
+            dns: None,
         })
     }
 
     /// `tags`: a flat table of strings, numbers or booleans.
-    fn tags(&self, c: &mut Checker<'_>, key: &str) -> Option<Vec<(String, String)>> {
+    pub(super) fn tags(&self, c: &mut Checker<'_>, key: &str) -> Option<Vec<(String, String)>> {
         let Some(table) = &self.tags else {
             return Some(Vec::new());
         };

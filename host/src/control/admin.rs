@@ -376,6 +376,10 @@ pub struct BackendStatus {
     pub in_flight: u32,
     /// EWMA of time to response headers, µs (0: none yet).
     pub latency_ewma_us: u32,
+    /// For a backend found in DNS: what was looked up (`dns` or `srv`
+    /// and the name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -417,13 +421,18 @@ pub fn status(runtime: &Runtime, refusals: &Refusals) -> Status {
                     backends: u
                         .backends
                         .iter()
-                        .map(|b| BackendStatus {
+                        .zip(&u.config.backends)
+                        .map(|(b, c)| BackendStatus {
                             name: b.name.to_string(),
                             address: b.address.clone(),
                             weight: b.weight,
                             healthy: b.stats.healthy(now),
                             in_flight: b.stats.in_flight(),
                             latency_ewma_us: b.stats.latency_ewma_us(),
+                            dns: c
+                                .dns
+                                .as_ref()
+                                .map(|d| format!("{} {}", d.query.key(), d.query)),
                         })
                         .collect(),
                     shadow: u.shadow().map(|s| s.status()),

@@ -73,6 +73,17 @@ struct AttemptLabels {
     kind: String,
 }
 
+/// `switchyard_dns_resolutions_total`, registered.
+fn dns_family(registry: &mut Registry) -> Family<ResultLabels, Counter> {
+    let dns = Family::<ResultLabels, Counter>::default();
+    registry.register(
+        "dns_resolutions",
+        "Lookups of an upstream's dns and srv entries, by result (ok; empty: no address; failed: no answer, the addresses found last stay)",
+        dns.clone(),
+    );
+    dns
+}
+
 /// [`Metrics`] is the process's metric registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -89,6 +100,7 @@ pub struct Metrics {
     shadow_decisions: Family<AgreeLabels, Counter>,
     shadow_backends: Family<BackendLabels, Counter>,
     shadow_failures: Family<UpstreamLabels, Counter>,
+    dns: Family<ResultLabels, Counter>,
     /// Requests no route matched (or refused before routing).
     pub unrouted: ByClass,
 }
@@ -115,6 +127,7 @@ impl Metrics {
         let shadow_decisions = Family::<AgreeLabels, Counter>::default();
         let shadow_backends = Family::<BackendLabels, Counter>::default();
         let shadow_failures = Family::<UpstreamLabels, Counter>::default();
+        let dns = dns_family(&mut registry);
         registry.register(
             "shadow_decisions",
             "Decisions a shadow policy answered, by whether it chose the backend the request went to",
@@ -196,6 +209,7 @@ impl Metrics {
             shadow_decisions,
             shadow_backends,
             shadow_failures,
+            dns,
             unrouted,
         }
     }
@@ -272,6 +286,17 @@ impl Metrics {
                 })
             }),
         }
+    }
+
+    /// Counts a lookup of one of `upstream`'s DNS entries: `ok`, `empty`
+    /// or `failed`.
+    pub fn dns(&self, upstream: &str, result: &str) {
+        self.dns
+            .get_or_create(&ResultLabels {
+                upstream: upstream.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// Counts a config reload.

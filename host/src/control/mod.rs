@@ -1,6 +1,7 @@
 //! Control: what runs the proxy rather than serves requests. Building a
 //! runtime from a config ([`runtime`]), replacing it while traffic flows
 //! ([`reload`], driven by signals, [`watch`] and the [`admin`] API),
+//! backends looked up in DNS and kept up to date ([`dns`]),
 //! [`metrics`], the process limits ([`limits`]), policies pulled from and
 //! pushed to OCI registries ([`oci`], [`oci_cache`]), the [`app`] state
 //! that outlives configs, and [`serve`], which starts and stops the whole.
@@ -8,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod decisions;
+pub mod dns;
 pub mod limits;
 pub mod metrics;
 pub mod oci;

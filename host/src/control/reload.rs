@@ -9,6 +9,9 @@
 //! passed the same checks. File events are debounced: the work starts once a
 //! file has been quiet for [`DEBOUNCE`], so a file written in several steps
 //! is read once it is complete.
+//!
+//! A group whose DNS entries found other backends (see [`super::dns`]) is
+//! rebuilt here too, between reloads, so that the two never race.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,6 +23,7 @@ use tokio::time::Instant;
 
 use super::admin::{self, AdminContext, AdminServer, ReloadRequest};
 use super::app::App;
+use super::dns::{self, Found};
 use super::runtime::{self, Built};
 use super::watch::{Changed, FileWatcher};
 use crate::config::Config;
@@ -45,6 +49,9 @@ pub struct Reloader {
     changes: mpsc::UnboundedReceiver<Changed>,
     pending: HashMap<PathBuf, Instant>,
     checks: health::Checks,
+    dns: dns::Refresh,
+    found_tx: mpsc::UnboundedSender<Found>,
+    found_rx: mpsc::UnboundedReceiver<Found>,
 }
 
 impl Reloader {
@@ -59,6 +66,7 @@ impl Reloader {
         let runtime = proxy.runtime();
         let (admin_tx, admin_rx) = mpsc::unbounded_channel();
         let (changes_tx, changes) = mpsc::unbounded_channel();
+        let (found_tx, found_rx) = mpsc::unbounded_channel();
         let watcher = match FileWatcher::new(changes_tx) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -69,6 +77,9 @@ impl Reloader {
             }
         };
         let mut reloader = Reloader {
+            dns: dns::start(&app, &proxy, &found_tx),
+            found_tx,
+            found_rx,
             app,
             listeners: Listeners::new(proxy.clone(), &runtime.config.limits),
             proxy,
@@ -136,6 +147,7 @@ impl Reloader {
                     tracing::info!("reload requested through the admin API");
                     let _ = reply.send(self.reload().await);
                 }
+                Some(found) = self.found_rx.recv() => self.apply_found(found).await,
                 Some(Changed(path)) = self.changes.recv() => {
                     self.pending.insert(path, Instant::now() + DEBOUNCE);
                 }
@@ -210,6 +222,29 @@ impl Reloader {
         }
     }
 
+    /// Puts a group's new DNS backends in service, unless a reload came
+    /// in between; a group that cannot be rebuilt keeps its backends (the
+    /// next lookup tries again).
+    async fn apply_found(&mut self, found: Found) {
+        let (app, running) = (self.app.clone(), self.proxy.runtime());
+        let upstream = found.upstream.clone();
+        let applied = tokio::task::spawn_blocking(move || dns::apply(&app, &running, found)).await;
+        match applied {
+            Ok(Ok(Some(runtime))) => {
+                let runtime = Arc::new(runtime);
+                self.proxy.replace_arc(runtime.clone());
+                self.checks = health::start(&runtime.upstreams);
+                self.app.backends.prune();
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                upstream = %upstream,
+                "the backends DNS found are not put in service, the running ones stay: {e}"
+            ),
+            Err(e) => tracing::error!(upstream = %upstream, "DNS update task failed: {e}"),
+        }
+    }
+
     /// Reloads the config file; returns the new generation or why not.
     pub async fn reload(&mut self) -> Result<u64, String> {
         let result = self.try_reload().await;
@@ -229,8 +264,12 @@ impl Reloader {
         let generation = self.proxy.runtime().generation + 1;
         let (app, file) = (self.app.clone(), self.config_file.clone());
         let running = self.proxy.runtime();
+        let config = tokio::task::spawn_blocking(move || Config::load(&file))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let config = dns::discover(config, Some(&running), &self.app.metrics).await;
         let built = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&file).map_err(|e| e.to_string())?;
             runtime::build(config, &app, generation, Some(&running)).map_err(|errors| {
                 errors
                     .iter()
@@ -271,6 +310,7 @@ impl Reloader {
         }
         self.watch(&runtime);
         self.checks = health::start(&runtime.upstreams);
+        self.dns = dns::start(&self.app, &self.proxy, &self.found_tx);
         self.app.backends.prune();
         Ok(generation)
     }

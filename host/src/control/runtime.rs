@@ -111,14 +111,9 @@ fn shadow_policy(
     up: &UpstreamConfig,
     backends: &[Backend],
 ) -> Result<Box<dyn Policy>, LoadError> {
-    let Some(cfg) = &up.shadow else {
+    let Some(as_live) = shadow_as_live(up) else {
         return Err(LoadError::NotWasm("no shadow-policy".into()));
     };
-    let mut as_live = up.clone();
-    as_live.policy = cfg.policy.clone();
-    as_live.policy_sha256 = cfg.sha256.clone();
-    as_live.policy_config = cfg.policy_config.clone();
-    as_live.shadow = None;
     if let PolicySource::Native(_) = as_live.policy {
         return Ok(Box::new(RoundRobin::default()));
     }
@@ -132,6 +127,18 @@ fn shadow_policy(
         app.workers,
     )?;
     Ok(Box::new(policy))
+}
+
+/// `up` as its shadow policy would be loaded: the shadow's policy and
+/// `shadow-policy-config` in place of the live ones. `None` without one.
+pub(super) fn shadow_as_live(up: &UpstreamConfig) -> Option<UpstreamConfig> {
+    let cfg = up.shadow.as_ref()?;
+    let mut as_live = up.clone();
+    as_live.policy = cfg.policy.clone();
+    as_live.policy_sha256 = cfg.sha256.clone();
+    as_live.policy_config = cfg.policy_config.clone();
+    as_live.shadow = None;
+    Some(as_live)
 }
 
 /// A policy that observes or learns keeps its instances across a reload
@@ -151,6 +158,16 @@ fn updated_policy(
     if previous.config.policy != up.policy || compiled.digest != running.status().digest {
         return None;
     }
+    hand_over(&**running, up, backends)
+}
+
+/// `running` (the group's policy now) handed `up`'s backends through its
+/// membership call, after a dry run; `None` when it cannot take them.
+pub(super) fn hand_over(
+    running: &dyn Policy,
+    up: &UpstreamConfig,
+    backends: &[Backend],
+) -> Option<Box<dyn Policy>> {
     match running.update_to(up, &states(backends, &[]))? {
         Ok(policy) => {
             tracing::info!(
@@ -341,11 +358,6 @@ pub fn first(app: &App, config: Config) -> anyhow::Result<Built> {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!(lines.join("\n"))
     })
-}
-
-/// Loads a config file and builds its first runtime.
-pub fn load(app: &App, file: &Path) -> anyhow::Result<Built> {
-    first(app, Config::load(file)?)
 }
 
 /// The bearer token in `file`, trimmed; refused if empty.

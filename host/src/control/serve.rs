@@ -1,12 +1,23 @@
-//! Serving: the first runtime put in service, reloads until SIGTERM or
-//! SIGINT, then the drain.
+//! Serving: the first runtime built and put in service, reloads until
+//! SIGTERM or SIGINT, then the drain.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::app::App;
+use super::dns;
 use super::reload::Reloader;
-use super::runtime::Built;
+use super::runtime::{self, Built};
+use crate::config::Config;
 use crate::proxy::Proxy;
+
+/// Loads a config file, looks up its DNS backends and builds its first
+/// runtime (blocking while policies compile).
+pub async fn load(app: &App, file: &Path) -> anyhow::Result<Built> {
+    let config = Config::load(file)?;
+    let config = dns::discover(config, None, &app.metrics).await;
+    runtime::first(app, config)
+}
 
 /// Serves `built` until SIGTERM or SIGINT, reloading on SIGHUP, on
 /// `POST /reload` and (if `watch`) when the config or a policy file

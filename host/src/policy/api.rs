@@ -316,6 +316,18 @@ pub trait Policy: Send + Sync {
         None
     }
 
+    /// The same component and configuration with fresh instances for
+    /// `upstream` (the same group with other backends, which its running
+    /// instances could not take), on the same shared state. `None` when it
+    /// is not a component: build it as the config says.
+    fn reloaded(
+        &self,
+        _upstream: &crate::config::UpstreamConfig,
+        _states: &[BackendState],
+    ) -> Option<Result<Box<dyn Policy>, LoadError>> {
+        None
+    }
+
     /// The name shown in logs and the admin API.
     fn name(&self) -> &str;
 

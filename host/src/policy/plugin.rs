@@ -10,7 +10,8 @@
 //! traps (including running out of time or memory) is dropped and the
 //! thread takes a spare next time.
 //!
-//! Its health is kept by [`super::health`].
+//! Its health is kept by [`super::health`]; loading it, proving it by a
+//! dry run and handing it new backends are in [`load`].
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -24,20 +25,21 @@ use wasmtime::Store;
 
 use super::api::{
     BackendState, Decision, LoadError, Observed, Policy, PolicyFailure, PolicyStatus, RequestView,
-    describe,
 };
 use super::bindings::types;
 use super::contract::{Exports, LastHealth, Members};
-use super::engine::{Compiled, PolicyEngine};
+use super::engine::Compiled;
 use super::health::{Health, Record};
 use super::host_impl::{HostState, LogLimiter, monotonic_ns};
-use super::limits::{self, Effective, effective};
+use super::limits::{self, Effective};
 use super::outcomes::{OutcomeLog, Reader};
 use super::sandbox::{Ticker, deadline_ticks};
 use super::shared::SharedState;
 use super::verdict::{classify, dead, panic_message, setup_failure};
 use super::wasi::on_runtime_worker;
 use crate::config::{SandboxConfig, UpstreamConfig};
+
+mod load;
 
 /// Time allowed for the first instance of a load: instantiation,
 /// `configure` and a first `select`, which may be slow (fresh memory, lazy
@@ -111,101 +113,6 @@ struct Live {
     outcomes: Reader,
 }
 
-impl WasmPolicy {
-    /// Configures `compiled` for an upstream group and proves it: a first
-    /// instance must instantiate, accept its configuration and answer a
-    /// dry-run `select` for a plain `GET /` with `states` (the live backend
-    /// states) twice, the second time within `policy-timeout`; then
-    /// instances for `workers` threads (and a spare) must each instantiate
-    /// and configure within `policy-timeout`, as they will at run time. The
-    /// dry run sees a copy of the group's counters, so it moves no
-    /// round-robin position.
-    pub fn load(
-        engine: &PolicyEngine,
-        compiled: Compiled,
-        upstream: &UpstreamConfig,
-        shared: Arc<SharedState>,
-        states: &[BackendState],
-        workers: usize,
-    ) -> Result<WasmPolicy, LoadError> {
-        let name = compiled.source.to_string();
-        let interpreted = limits::interpreted(compiled.wasi, compiled.size);
-        let limits = effective(upstream.sandbox, compiled.requested, interpreted);
-        let sandbox = limits.sandbox;
-        let label: Arc<str> = format!("{}/{name}", upstream.name).into();
-        let observes = compiled.pre.observes();
-        let inner = Arc::new(Inner {
-            logs: Arc::new(LogLimiter::new(label.clone())),
-            label,
-            name,
-            compiled,
-            shared,
-            config: upstream.policy_config.clone(),
-            first: Arc::new(Members::new(1, &upstream.backends)),
-            next_generation: AtomicU64::new(2),
-            zone: upstream.zone.as_deref().map(Arc::from),
-            outcomes: observes.then(OutcomeLog::default),
-            watched: std::sync::OnceLock::new(),
-            ignores_outcomes: std::sync::OnceLock::new(),
-            sandbox,
-            limits,
-            ticker: engine.ticker().cloned(),
-            call_ticks: deadline_ticks(sandbox.timeout),
-            loaded_at: SystemTime::now(),
-            instances: ThreadLocal::new(),
-            spares: ArrayQueue::new(workers.max(1) + SPARES),
-            refilling: AtomicBool::new(false),
-            next_refill_ns: AtomicU64::new(0),
-            health: Health::new(sandbox.max_failures),
-        });
-        inner.dry_run(states, &inner.first)?;
-        while !inner.spares.is_full() {
-            let live = inner.instantiate(inner.shared.clone(), sandbox.timeout)?;
-            let _ = inner.spares.push(live);
-        }
-        Ok(WasmPolicy {
-            members: inner.first.clone(),
-            inner,
-        })
-    }
-
-    /// Whether this policy can take `upstream` (the same group with
-    /// other backends) by a membership update rather than a new load:
-    /// it exports `membership` and nothing else it was configured with
-    /// changed.
-    pub fn can_update_to(&self, upstream: &UpstreamConfig) -> bool {
-        let i = &self.inner;
-        i.compiled.pre.updates()
-            && i.config == upstream.policy_config
-            && i.sandbox
-                == effective(upstream.sandbox, i.compiled.requested, i.interpreted()).sandbox
-            && i.zone.as_deref() == upstream.zone.as_deref()
-    }
-
-    /// The same policy and instances for `upstream`'s backends: one
-    /// instance is updated and dry-run against `states` first; the others
-    /// are updated before their next call. Requests still using `self`
-    /// from then on go to the fallback.
-    pub fn update_to(
-        &self,
-        upstream: &UpstreamConfig,
-        states: &[BackendState],
-    ) -> Result<WasmPolicy, LoadError> {
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-        let members = Arc::new(Members::new(generation, &upstream.backends));
-        self.inner.dry_run(states, &members)?;
-        Ok(WasmPolicy {
-            inner: self.inner.clone(),
-            members,
-        })
-    }
-
-    /// Where the policy came from.
-    pub fn compiled(&self) -> &Compiled {
-        &self.inner.compiled
-    }
-}
-
 impl Inner {
     /// The group's outcomes, when the policy observes them (exports
     /// `observer` and its configuration did not decline them).
@@ -218,58 +125,6 @@ impl Inner {
 
     fn interpreted(&self) -> bool {
         limits::interpreted(self.compiled.wasi, self.compiled.size)
-    }
-
-    /// Proves the policy on a fresh instance: two `select`s for a plain
-    /// `GET /` with `states`, the second within the deadline, for
-    /// `members` (after an `update` to them, when they are not the first).
-    fn dry_run(&self, states: &[BackendState], members: &Members) -> Result<(), LoadError> {
-        let first = deadline_ticks(FIRST_LOAD_DEADLINE);
-        let mut live = self.instantiate(Arc::new(self.shared.snapshot()), FIRST_LOAD_DEADLINE)?;
-        let what = || self.name.clone();
-        let _ = self
-            .ignores_outcomes
-            .set(live.store.data().v02.ignores_outcomes);
-        let _ = self.watched.set(
-            live.store
-                .data()
-                .v02
-                .watch
-                .iter()
-                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-                .collect(),
-        );
-        if live.generation != members.generation {
-            self.set_deadline(&mut live.store, first);
-            let refused = |reason| LoadError::DryRun {
-                what: what(),
-                reason,
-            };
-            match live.exports.update(&mut live.store, members) {
-                Ok(Ok(())) => live.generation = members.generation,
-                Ok(Err(why)) => return Err(refused(format!("update refused: {why}"))),
-                Err(e) => return Err(refused(format!("update trapped: {}", describe(&e)))),
-            }
-        }
-        let mut req = RequestView::placeholder();
-        req.parts.uri = http::Uri::from_static("/");
-        req.attempt = 1;
-        for ticks in [first, self.call_ticks] {
-            if let Err(failure) = self.call(&mut live, members, &req, states, ticks) {
-                let reason = match failure {
-                    PolicyFailure::Timeout if ticks == self.call_ticks => format!(
-                        "ran past policy-timeout ({:?}) on its second call",
-                        self.sandbox.timeout
-                    ),
-                    f => f.to_string(),
-                };
-                return Err(LoadError::DryRun {
-                    what: what(),
-                    reason,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Arms the deadline for the next guest call: `ticks` epochs from now.
@@ -532,19 +387,14 @@ impl Policy for WasmPolicy {
     }
 
     fn settle(&self, verdict: Result<(), &PolicyFailure>) {
+        let (health, label) = (&self.inner.health, &self.inner.label);
         let cell = self
             .inner
             .instances
             .get_or(|| RefCell::new(Slot::default()));
         match cell.try_borrow_mut() {
-            Ok(mut slot) => self
-                .inner
-                .health
-                .settle(&self.inner.label, &mut slot.record, verdict),
-            Err(_) => self
-                .inner
-                .health
-                .settle(&self.inner.label, &mut Record::default(), verdict),
+            Ok(mut slot) => health.settle(label, &mut slot.record, verdict),
+            Err(_) => health.settle(label, &mut Record::default(), verdict),
         }
     }
 
@@ -575,6 +425,17 @@ impl Policy for WasmPolicy {
             return None;
         }
         Some(WasmPolicy::update_to(self, upstream, states).map(|p| Box::new(p) as Box<dyn Policy>))
+    }
+
+    fn reloaded(
+        &self,
+        upstream: &UpstreamConfig,
+        states: &[BackendState],
+    ) -> Option<Result<Box<dyn Policy>, LoadError>> {
+        Some(
+            self.reload(upstream, states)
+                .map(|p| Box::new(p) as Box<dyn Policy>),
+        )
     }
 
     fn name(&self) -> &str {

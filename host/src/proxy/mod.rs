@@ -128,6 +128,13 @@ impl Proxy {
             return Ok(done(resp, alive, None, None, None));
         };
         let upstream = runtime.upstreams[route.upstream].clone();
+        if upstream.backends.is_empty() {
+            // A group whose DNS names have given no address yet.
+            let why = "no backend: the upstream's DNS names have given no address yet";
+            let resp = error_response(StatusCode::SERVICE_UNAVAILABLE, why);
+            upstream.metrics.unanswered.count(resp.status());
+            return Ok(done(resp, alive, None, None, None));
+        }
         client.set_send_timeout(upstream.config.send_timeout);
         body.client_timeout(runtime.config.limits.client_body_timeout);
         let too_large = match route.max_body_size {
