@@ -231,7 +231,7 @@ fn a_dns_server_that_goes_away_leaves_the_backends_as_they_were() {
     let load = LatencyLoad::start_paced(&p.url("/"), 4, Duration::from_millis(2), no_headers);
     dns.stop();
     assert!(
-        wait_for(REFRESH * 3, || p
+        wait_for(Duration::from_secs(20), || p
             .log()
             .contains(&format!("lookup of dns app.test:{port} failed"))),
         "{}",
@@ -251,7 +251,7 @@ fn a_dns_server_that_goes_away_leaves_the_backends_as_they_were() {
     dns.restart();
     let back = Instant::now();
     assert!(
-        wait_for(REFRESH + Duration::from_secs(3), || c.requests() > 0),
+        wait_for(REFRESH + Duration::from_secs(8), || c.requests() > 0),
         "{}",
         p.log()
     );
@@ -286,7 +286,7 @@ fn a_name_that_resolves_only_later_starts_the_group_empty() {
     assert_eq!(get(&agent, &p.url("/")).status, 503);
     dns.set_hosts("127.0.0.2 app.test\n");
     assert!(
-        wait_for(REFRESH + Duration::from_secs(2), || {
+        wait_for(REFRESH + Duration::from_secs(8), || {
             get(&agent, &p.url("/")).body == "a"
         }),
         "{}",
