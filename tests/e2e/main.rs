@@ -26,4 +26,5 @@ mod protocols;
 mod reload;
 mod resilience;
 mod sandbox;
+mod shared_state;
 mod simulate;
