@@ -41,8 +41,9 @@ use crate::config::StateConfig;
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Entries the change log keeps (older ones are trimmed).
 const LOG_CAP: usize = 2 * MAX_KV_KEYS;
-/// Changes read per group per round.
+/// Changes read per request, and requests per group per round.
 const CHANGES_PER_ROUND: usize = 1000;
+const PAGES_PER_ROUND: usize = 20;
 /// Writes sent per pipeline.
 const WRITES_PER_PIPELINE: usize = 500;
 /// Interval of the warning while Redis stays unreachable.
@@ -91,6 +92,8 @@ pub struct FleetGroup {
     seen: AtomicU64,
     /// The store's epoch in Redis when last read (0: not yet).
     epoch: AtomicU64,
+    /// Writes kept local (too many waiting) already reported.
+    drops_reported: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +154,7 @@ impl Fleet {
             wake: self.wake.clone(),
             seen: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            drops_reported: AtomicU64::new(0),
         });
         let mut groups = lock(&self.groups);
         groups.retain(|g| g.strong_count() > 0);
@@ -246,7 +250,7 @@ impl Health {
             Ok(()) => {
                 fleet.up.store(true, Ordering::Relaxed);
                 if let Some(since) = self.down_since.take() {
-                    tracing::warn!(
+                    tracing::info!(
                         "redis {url} answers again after {:.1} s: shared policy state resynchronised",
                         since.elapsed().as_secs_f64()
                     );
@@ -340,6 +344,15 @@ async fn reserve(
 
 /// Sends the group's waiting key-value writes.
 async fn flush(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<()> {
+    let dropped = g.kv.dropped();
+    let reported = g.drops_reported.swap(dropped, Ordering::Relaxed);
+    if dropped > reported {
+        tracing::warn!(
+            "{} key-value writes of {} stayed in this proxy only: too many were waiting for Redis",
+            dropped - reported,
+            g.prefix
+        );
+    }
     let writes = g.kv.take_pending();
     let mut rest = writes.as_slice();
     while !rest.is_empty() {
@@ -422,6 +435,18 @@ async fn catch_up(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<(
         g.seen.store(version, Ordering::Relaxed);
         return Ok(());
     }
+    for _ in 0..PAGES_PER_ROUND {
+        if read_changes(conn, g).await? < CHANGES_PER_ROUND {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to [`CHANGES_PER_ROUND`] changes after the version last seen;
+/// how many there were.
+async fn read_changes(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<usize> {
+    let seen = g.seen.load(Ordering::Relaxed);
     let flat: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
         .arg(g.key("kv:log"))
         .arg(format!("({seen}"))
@@ -443,8 +468,9 @@ async fn catch_up(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<(
         keys.push(k);
     }
     if keys.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let n = keys.len();
     let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
         .arg(g.key("kv"))
         .arg(&keys)
@@ -452,7 +478,7 @@ async fn catch_up(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<(
         .await?;
     g.kv.apply(keys.into_iter().zip(values).collect::<Vec<Write>>());
     g.seen.store(last, Ordering::Relaxed);
-    Ok(())
+    Ok(n)
 }
 
 /// `[k1, v1, k2, v2, …]` as pairs, keys as text (a key that is not UTF-8
