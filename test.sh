@@ -13,9 +13,10 @@
 #     JavaScript template), docker-registry (the CNCF distribution registry
 #     the OCI tests push policies to and pull them from; each test starts
 #     its own on a free port), dnsmasq-base (the DNS server the DNS
-#     discovery tests start on a free port). Installed with apt-get when
-#     run as root or with passwordless sudo; otherwise it prints the
-#     command and stops;
+#     discovery tests start on a free port), redis-server (with redis-cli:
+#     the shared policy state tests, each starting its own on a free port).
+#     Installed with apt-get when run as root or with passwordless sudo;
+#     otherwise it prints the command and stops;
 #   - .venv/: a project-local Python environment with tests/requirements.txt
 #     (Flask, websockets, h2, componentize-py), never the system's Python;
 #   - plugins/examples/js/node_modules (npm ci).
@@ -57,6 +58,7 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if ((${#missing[@]})); then
     install=(apt-get install -y -qq "${missing[@]}")
     if [ "$(id -u)" = 0 ]; then

@@ -21,6 +21,10 @@
 //!   host's push of the outcome and its share of a batched `observe`).
 //! - `deadline`: the same decision with the epoch-deadline machinery on and
 //!   off (an engine built without epoch interruption), to show its cost.
+//! - `shared-state`: `round-robin` and `weighted` (each a shared counter
+//!   per decision) with `shared-state = "local"` and `"redis"`, the latter
+//!   against a `redis-server` the bench starts on a free loopback port
+//!   (rows skipped when there is none on `PATH`).
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -28,10 +32,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard::config::{Config, PolicySource, UpstreamConfig};
+use switchyard::config::{Config, PolicySource, SharedStateMode, StateConfig, UpstreamConfig};
 use switchyard::policy::{
     BackendState, Decision, EngineOptions, Observed, Policy, PolicyEngine, RequestView, RoundRobin,
-    SharedState, WasmPolicy, monotonic_ns,
+    SharedState, StateRegistry, WasmPolicy, monotonic_ns,
 };
 
 /// An upstream of `n` backends with weights 1, 2, 3, 1, 2, 3...
@@ -115,16 +119,24 @@ fn load_upstream(
     upstream: &UpstreamConfig,
     n: usize,
 ) -> WasmPolicy {
-    let compiled = engine.compile(&source).expect("the policy compiles");
-    WasmPolicy::load(
+    load_on(
         engine,
-        compiled,
+        source,
         upstream,
+        n,
         Arc::new(SharedState::default()),
-        &states(n),
-        1,
     )
-    .expect("built-in loads")
+}
+
+fn load_on(
+    engine: &PolicyEngine,
+    source: PolicySource,
+    upstream: &UpstreamConfig,
+    n: usize,
+    state: Arc<SharedState>,
+) -> WasmPolicy {
+    let compiled = engine.compile(&source).expect("the policy compiles");
+    WasmPolicy::load(engine, compiled, upstream, state, &states(n), 1).expect("built-in loads")
 }
 
 /// One decision as the proxy makes it: `select`, then the verdict handed
@@ -270,5 +282,82 @@ fn deadline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, adaptive, deadline);
+/// A `redis-server` on a free loopback port, killed on drop.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis(child, port);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(redis);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn shared_state(c: &mut Criterion) {
+    let engine = PolicyEngine::new().expect("engine");
+    let redis = Redis::start();
+    if redis.is_none() {
+        eprintln!("shared-state: no redis-server on PATH; the redis rows are skipped");
+    }
+    let registry = StateRegistry::default();
+    let mut group = c.benchmark_group("shared-state");
+    for n in [3usize, 16] {
+        let st = states(n);
+        for name in ["round-robin", "weighted"] {
+            let up = upstream(name, n);
+            let mut modes = vec![("local", SharedStateMode::Local)];
+            if let Some(r) = &redis {
+                modes.push((
+                    "redis",
+                    SharedStateMode::Redis(StateConfig {
+                        redis: format!("redis://127.0.0.1:{}", r.1),
+                        counter_block: switchyard::config::DEFAULT_COUNTER_BLOCK,
+                        refresh: switchyard::config::DEFAULT_STATE_REFRESH,
+                    }),
+                ));
+            }
+            for (label, mode) in modes {
+                let state = registry.get(&format!("{name}-{n}-{label}"), &mode);
+                let source = PolicySource::Builtin(name.into());
+                let policy = load_on(&engine, source, &up, n, state);
+                // Let the first block arrive, as it has by the first request.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let mut req = request(None);
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{name}/{label}"), n),
+                    &n,
+                    |b, _| b.iter(|| black_box(decide(&policy, &mut req, black_box(&st)))),
+                );
+            }
+        }
+    }
+    group.finish();
+    if let Some(status) = registry.redis_status() {
+        eprintln!("shared-state: redis up {}, errors {}", status.0, status.1);
+    }
+}
+
+criterion_group!(benches, decision, adaptive, deadline, shared_state);
 criterion_main!(benches);

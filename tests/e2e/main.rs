@@ -29,4 +29,5 @@ mod reload;
 mod resilience;
 mod sandbox;
 mod shadow;
+mod shared_state;
 mod simulate;

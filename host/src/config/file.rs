@@ -10,12 +10,15 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
+use super::state::FileState;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct FileConfig {
     pub server: FileServer,
     pub admin: Option<FileAdmin>,
     pub access_log: Option<Spanned<FileAccessLog>>,
+    pub state: Option<FileState>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
     #[serde(default)]
@@ -123,6 +126,7 @@ pub(super) struct FileUpstream {
     pub shadow_sample: Option<Spanned<f64>>,
     pub shadow_policy_config: Option<Spanned<toml::Table>>,
     pub dns_refresh: Option<Spanned<String>>,
+    pub shared_state: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

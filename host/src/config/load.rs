@@ -7,6 +7,7 @@ use super::check::{Checker, ConfigError, ConfigErrors, Locator};
 use super::file;
 use super::routes::{self, RouteConfig};
 use super::server::{AccessLogConfig, AdminConfig, ClientLimits, ListenerConfig};
+use super::state::{StateConfig, to_shared_state};
 use super::upstream::UpstreamConfig;
 
 /// A checked configuration, ready to run.
@@ -41,6 +42,9 @@ pub struct Config {
     pub resolver: Option<std::net::SocketAddr>,
     /// The admin API, if enabled.
     pub admin: Option<AdminConfig>,
+    /// `[state]`: the Redis shared by upstreams with `shared-state =
+    /// "redis"`, if configured.
+    pub state: Option<StateConfig>,
     /// Upstream groups, by name order.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, most specific first.
@@ -96,10 +100,17 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         .access_log
         .as_ref()
         .map(|a| a.get_ref().to_access_log(c, &base, a.span()));
+    let state = raw.state.as_ref().and_then(|s| s.to_state(c));
     let upstreams: Vec<UpstreamConfig> = raw
         .upstreams
         .iter()
-        .filter_map(|(name, up)| up.get_ref().to_upstream(c, &base, name))
+        .filter_map(|(name, up)| {
+            let mut config = up.get_ref().to_upstream(c, &base, name)?;
+            let key = format!("upstreams.{name}");
+            let shared = &up.get_ref().shared_state;
+            config.shared_state = to_shared_state(c, &key, shared, state.as_ref());
+            Some(config)
+        })
         .map(|mut up| {
             up.policy.allow_plain_http(&server.insecure_registries);
             if let Some(shadow) = &mut up.shadow {
@@ -128,6 +139,7 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         zone: server.zone.clone(),
         resolver: server.resolver,
         admin,
+        state,
         upstreams,
         routes,
     }

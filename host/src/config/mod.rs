@@ -18,6 +18,7 @@ mod policy;
 mod routes;
 mod server;
 mod shadow;
+mod state;
 mod upstream;
 pub mod values;
 
@@ -34,6 +35,7 @@ pub use server::{
     DEFAULT_MAX_HEADERS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, ListenerConfig,
     TlsFiles,
 };
+pub use state::{DEFAULT_COUNTER_BLOCK, DEFAULT_STATE_REFRESH, SharedStateMode, StateConfig};
 pub use upstream::{
     BackendConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_KEEPALIVE, DEFAULT_MAX_CONNECTIONS_PER_BACKEND, DEFAULT_MAX_FAILS,

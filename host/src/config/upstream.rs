@@ -12,6 +12,7 @@ use super::check::{Checker, Origin};
 use super::dns::{DnsBackends, DnsSource, dns_refresh};
 use super::file::{FileBackend, FileHealthCheck, FileUpstream};
 use super::policy::{PolicySource, to_policy};
+use super::state::SharedStateMode;
 use super::values::{duration, flatten, is_authority, parse_status_range, resolve, size};
 
 /// Connect timeout to a backend when the upstream sets none.
@@ -111,6 +112,9 @@ pub struct UpstreamConfig {
     pub zone: Option<String>,
     /// A candidate policy run beside the live one, if configured.
     pub shadow: Option<ShadowConfig>,
+    /// Where the policy's counters and key-value store live
+    /// (`shared-state`).
+    pub shared_state: SharedStateMode,
 }
 
 /// Limits on a policy's instances. A limit the config does not set is
@@ -304,6 +308,8 @@ impl FileUpstream {
             // Set from `[server]` once both are read.
             zone: None,
             shadow: self.shadow(c, base, &key),
+            // Set once `[state]` is read.
+            shared_state: SharedStateMode::Local,
         };
         Some(up)
     }

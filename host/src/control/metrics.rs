@@ -333,7 +333,8 @@ impl Metrics {
                     upstream: u.name.clone(),
                 })
                 .set(i64::from(u.policy().status().healthy));
-            for (name, value) in states.get(&u.name).metric_counters() {
+            let state = states.peek(&u.name);
+            for (name, value) in state.map(|s| s.metric_counters()).unwrap_or_default() {
                 policy_metrics
                     .get_or_create(&PolicyMetricLabels {
                         upstream: u.name.clone(),
@@ -358,6 +359,22 @@ impl Metrics {
             "Events a policy counts in a metric/ counter (e.g. ejections)",
             policy_metrics,
         );
+        if let Some((redis_up, errors)) = states.redis_status() {
+            let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+            g.set(i64::from(redis_up));
+            gauges.register(
+                "state_redis_up",
+                "1 while Redis answers (shared-state = \"redis\"); 0: policy state runs on local values",
+                g,
+            );
+            let c = Counter::<u64>::default();
+            c.inc_by(errors);
+            gauges.register(
+                "state_redis_errors",
+                "Failed exchanges with Redis (shared-state = \"redis\")",
+                c,
+            );
+        }
         let generation = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         generation.set(runtime.generation as i64);
         gauges.register(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::app::App;
 use super::{limits, oci};
-use crate::config::{Config, ConfigError, PolicySource, UpstreamConfig};
+use crate::config::{Config, ConfigError, PolicySource, SharedStateMode, UpstreamConfig};
 use crate::edge::ListenerSpec;
 use crate::edge::tls;
 use crate::policy::{Compiled, LoadError, Policy, RoundRobin, WasmPolicy};
@@ -69,7 +69,7 @@ fn load_policy(
         &app.engine,
         compiled,
         up,
-        app.states.get(&up.name),
+        app.states.get(&up.name, &up.shared_state),
         &states(backends, &[]),
         app.workers,
     )?;
@@ -122,7 +122,8 @@ fn shadow_policy(
         &app.engine,
         compiled,
         &as_live,
-        app.states.get(&format!("{} (shadow)", up.name)),
+        app.states
+            .get(&format!("{} (shadow)", up.name), &SharedStateMode::Local),
         &states(backends, &[]),
         app.workers,
     )?;
@@ -155,7 +156,10 @@ fn updated_policy(
 ) -> Option<Box<dyn Policy>> {
     let previous = previous?;
     let running = previous.policy();
-    if previous.config.policy != up.policy || compiled.digest != running.status().digest {
+    if previous.config.policy != up.policy
+        || compiled.digest != running.status().digest
+        || previous.config.shared_state != up.shared_state
+    {
         return None;
     }
     hand_over(&**running, up, backends)

@@ -9,7 +9,7 @@
 pub struct RequestRes;
 
 /// Host side of a 0.1 `counter` resource: an entry of the store's table.
-pub type CounterRes = std::sync::Arc<std::sync::atomic::AtomicU64>;
+pub type CounterRes = crate::policy::counter::Counter;
 
 /// Contract 0.1.
 pub mod v01 {

@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use wasmtime::component::ResourceTable;
 
 use super::api::{CookieSpec, RequestView};
+use super::counter::Counter;
 use super::sandbox::DeadlineWatch;
 use super::shared::{MAX_COUNTERS, SharedState};
 
@@ -88,7 +89,7 @@ pub struct HostState {
 #[derive(Default)]
 pub struct V02State {
     /// Counters by handle (the index); names to find one opened twice.
-    pub counters: Vec<(Arc<str>, Arc<AtomicU64>)>,
+    pub counters: Vec<(Arc<str>, Counter)>,
     /// What the `select` in progress added to its answer.
     pub effects: Effects,
     /// A `select` is in progress (the `decision` imports count).
@@ -148,7 +149,7 @@ impl HostState {
 
     /// Opens the group's counter `name` for this instance, within the
     /// limits on handles and distinct counters.
-    pub fn open_counter(&mut self, name: &str) -> wasmtime::Result<Arc<AtomicU64>> {
+    pub fn open_counter(&mut self, name: &str) -> wasmtime::Result<Counter> {
         if self.counters_open >= MAX_COUNTER_HANDLES {
             wasmtime::bail!(
                 "policy holds {MAX_COUNTER_HANDLES} counter handles open; open counters once (in configure) and keep them"

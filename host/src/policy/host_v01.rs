@@ -1,8 +1,6 @@
 //! The host functions of contract 0.1: the `request` resource, the
 //! `counter` resource and the rest of `host`, over [`HostState`].
 
-use std::sync::atomic::Ordering;
-
 use wasmtime::component::Resource;
 
 use super::bindings::{CounterRes, RequestRes, host, types};
@@ -103,15 +101,15 @@ impl host::HostCounter for HostState {
     }
 
     fn fetch_add(&mut self, c: Resource<CounterRes>, delta: u64) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&c)?.fetch_add(delta, Ordering::Relaxed))
+        Ok(self.table.get(&c)?.fetch_add(delta))
     }
 
     fn get(&mut self, c: Resource<CounterRes>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&c)?.load(Ordering::Relaxed))
+        Ok(self.table.get(&c)?.load())
     }
 
     fn set(&mut self, c: Resource<CounterRes>, value: u64) -> wasmtime::Result<()> {
-        self.table.get(&c)?.store(value, Ordering::Relaxed);
+        self.table.get(&c)?.store(value);
         Ok(())
     }
 

@@ -2,10 +2,9 @@
 //! [`HostState`]. The request and the decision's effects are the `select`
 //! in progress; counters are indices into the instance's own list.
 
-use std::sync::atomic::Ordering;
-
 use super::api::{CookieSpec, SameSite};
 use super::bindings::v02::switchyard::policy::{decision, host, request, types};
+use super::counter::Counter;
 use super::host_impl::{HostState, MAX_FALLBACKS, MAX_REASON, MAX_WATCHED, monotonic_ns};
 
 impl types::Host for HostState {}
@@ -97,7 +96,7 @@ impl decision::Host for HostState {
 }
 
 impl HostState {
-    fn counter_at(&self, handle: u32) -> wasmtime::Result<&std::sync::atomic::AtomicU64> {
+    fn counter_at(&self, handle: u32) -> wasmtime::Result<&Counter> {
         match self.v02.counters.get(handle as usize) {
             Some((_, c)) => Ok(c),
             None => wasmtime::bail!("counter handle {handle} was not opened by this instance"),
@@ -141,17 +140,15 @@ impl host::Host for HostState {
     }
 
     fn counter_add(&mut self, counter: u32, delta: u64) -> wasmtime::Result<u64> {
-        Ok(self
-            .counter_at(counter)?
-            .fetch_add(delta, Ordering::Relaxed))
+        Ok(self.counter_at(counter)?.fetch_add(delta))
     }
 
     fn counter_get(&mut self, counter: u32) -> wasmtime::Result<u64> {
-        Ok(self.counter_at(counter)?.load(Ordering::Relaxed))
+        Ok(self.counter_at(counter)?.load())
     }
 
     fn counter_set(&mut self, counter: u32, value: u64) -> wasmtime::Result<()> {
-        self.counter_at(counter)?.store(value, Ordering::Relaxed);
+        self.counter_at(counter)?.store(value);
         Ok(())
     }
 

@@ -4,26 +4,33 @@
 //!
 //! Locks here are taken only when a policy opens a counter (normally once
 //! per instance) or uses the key-value store; a counter's value is a plain
-//! atomic.
+//! atomic. With `shared-state = "redis"` the same calls work on this
+//! process's copy of the state in Redis ([`super::fleet`]): nothing here
+//! waits for the network.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::counter::Counter;
+use super::fleet::{Fleet, FleetGroup};
+use super::kv::KvStore;
+pub use super::kv::{MAX_KV_KEY, MAX_KV_KEYS, MAX_KV_VALUE};
+use crate::config::{SharedStateMode, StateConfig};
 
 /// Counters an upstream's policies may open; more is a policy bug.
 pub const MAX_COUNTERS: usize = 1024;
-/// Longest key accepted by `kv-set`.
-pub const MAX_KV_KEY: usize = 256;
-/// Longest value accepted by `kv-set`.
-pub const MAX_KV_VALUE: usize = 4096;
-/// Most keys held per upstream.
-pub const MAX_KV_KEYS: usize = 10_000;
+/// Counters whose names start with this are the proxy's own metrics
+/// (`/metrics`): they stay per process even on shared state, as
+/// Prometheus counters are.
+const METRIC_PREFIX: &str = "metric/";
 
 /// [`SharedState`] is the host-side state of one upstream group's policies.
 #[derive(Debug, Default)]
 pub struct SharedState {
-    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    kv: Mutex<HashMap<String, Vec<u8>>>,
+    counters: Mutex<HashMap<String, Counter>>,
+    kv: Arc<KvStore>,
+    /// Set when the state is shared through Redis.
+    fleet: Option<Arc<FleetGroup>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -33,8 +40,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SharedState {
+    /// The state of upstream `upstream`, shared through `fleet`'s Redis.
+    pub fn shared(fleet: &Fleet, upstream: &str) -> SharedState {
+        let group = fleet.group(upstream);
+        SharedState {
+            counters: Mutex::default(),
+            kv: group.kv.clone(),
+            fleet: Some(group),
+        }
+    }
+
+    /// Whether the state is shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.fleet.is_some()
+    }
+
     /// The counter `name`, created at 0; `None` past [`MAX_COUNTERS`].
-    pub fn counter(&self, name: &str) -> Option<Arc<AtomicU64>> {
+    pub fn counter(&self, name: &str) -> Option<Counter> {
         let mut counters = lock(&self.counters);
         if let Some(c) = counters.get(name) {
             return Some(c.clone());
@@ -42,7 +64,10 @@ impl SharedState {
         if counters.len() >= MAX_COUNTERS {
             return None;
         }
-        let c = Arc::new(AtomicU64::new(0));
+        let c = match &self.fleet {
+            Some(group) if !name.starts_with(METRIC_PREFIX) => Counter::Blocks(group.counter(name)),
+            _ => Counter::local(0),
+        };
         counters.insert(name.to_string(), c.clone());
         Some(c)
     }
@@ -52,96 +77,109 @@ impl SharedState {
         lock(&self.counters)
             .iter()
             .filter_map(|(k, v)| {
-                k.strip_prefix("metric/").map(|name| {
-                    (
-                        name.to_string(),
-                        v.load(std::sync::atomic::Ordering::Relaxed),
-                    )
-                })
+                k.strip_prefix(METRIC_PREFIX)
+                    .map(|name| (name.to_string(), v.load()))
             })
             .collect()
     }
 
-    /// A copy with the same counter values and an empty key-value store,
-    /// for dry runs that must not move the real counters.
+    /// A local copy with the same counter values and an empty key-value
+    /// store, for dry runs that must not move the real counters.
     pub fn snapshot(&self) -> SharedState {
         let counters = lock(&self.counters)
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    Arc::new(AtomicU64::new(v.load(std::sync::atomic::Ordering::Relaxed))),
-                )
-            })
+            .map(|(k, v)| (k.clone(), Counter::local(v.load())))
             .collect();
         SharedState {
             counters: Mutex::new(counters),
-            kv: Mutex::default(),
+            ..SharedState::default()
         }
     }
 
     /// A copy of the value under `key`.
     pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        lock(&self.kv).get(key).cloned()
+        self.kv.get(key)
     }
 
     /// Stores `value` under `key` within the documented limits.
     pub fn kv_set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
-        if key.len() > MAX_KV_KEY {
-            return Err(format!(
-                "key is {} bytes, the limit is {MAX_KV_KEY}",
-                key.len()
-            ));
-        }
-        if value.len() > MAX_KV_VALUE {
-            return Err(format!(
-                "value is {} bytes, the limit is {MAX_KV_VALUE}",
-                value.len()
-            ));
-        }
-        let mut kv = lock(&self.kv);
-        if kv.len() >= MAX_KV_KEYS && !kv.contains_key(&key) {
-            return Err(format!("the store is full ({MAX_KV_KEYS} keys)"));
-        }
-        kv.insert(key, value);
-        Ok(())
+        self.kv.set(key, value)
     }
 
     /// Removes `key`; whether it was there.
     pub fn kv_delete(&self, key: &str) -> bool {
-        lock(&self.kv).remove(key).is_some()
+        self.kv.delete(key)
     }
 }
 
 /// [`StateRegistry`] hands out each upstream group's [`SharedState`] by
-/// name, so a reloaded config or a swapped policy finds the same state.
+/// name, so a reloaded config or a swapped policy finds the same state. A
+/// group whose `shared-state` changed gets a new state.
 #[derive(Debug, Default)]
 pub struct StateRegistry {
-    groups: Mutex<HashMap<String, Arc<SharedState>>>,
+    groups: Mutex<HashMap<String, (SharedStateMode, Arc<SharedState>)>>,
+    /// One link per `[state]`, started on first use.
+    fleets: Mutex<Vec<Arc<Fleet>>>,
 }
 
 impl StateRegistry {
-    /// The state of upstream `name`, created empty on first use.
-    pub fn get(&self, name: &str) -> Arc<SharedState> {
-        lock(&self.groups)
-            .entry(name.to_string())
-            .or_default()
-            .clone()
+    /// The state of upstream `name` kept as `mode` says, created empty on
+    /// first use (or when `mode` changed).
+    pub fn get(&self, name: &str, mode: &SharedStateMode) -> Arc<SharedState> {
+        let mut groups = lock(&self.groups);
+        if let Some((m, s)) = groups.get(name)
+            && m == mode
+        {
+            return s.clone();
+        }
+        let state = Arc::new(match mode {
+            SharedStateMode::Local => SharedState::default(),
+            SharedStateMode::Redis(config) => SharedState::shared(&self.fleet(config), name),
+        });
+        groups.insert(name.to_string(), (mode.clone(), state.clone()));
+        state
+    }
+
+    /// The state of upstream `name`, if it has one.
+    pub fn peek(&self, name: &str) -> Option<Arc<SharedState>> {
+        lock(&self.groups).get(name).map(|(_, s)| s.clone())
+    }
+
+    fn fleet(&self, config: &StateConfig) -> Arc<Fleet> {
+        let mut fleets = lock(&self.fleets);
+        if let Some(f) = fleets.iter().find(|f| f.config() == config) {
+            return f.clone();
+        }
+        let f = Fleet::start(config);
+        fleets.push(f.clone());
+        f
+    }
+
+    /// With any upstream on Redis: whether every Redis answers, and the
+    /// failed exchanges so far.
+    pub fn redis_status(&self) -> Option<(bool, u64)> {
+        let fleets = lock(&self.fleets);
+        if fleets.is_empty() {
+            return None;
+        }
+        Some((
+            fleets.iter().all(|f| f.is_up()),
+            fleets.iter().map(|f| f.errors()).sum(),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn counters_with_the_same_name_are_the_same_counter() {
         let s = SharedState::default();
         let a = s.counter("rr").unwrap();
-        a.fetch_add(5, Ordering::Relaxed);
-        assert_eq!(s.counter("rr").unwrap().load(Ordering::Relaxed), 5);
-        assert_eq!(s.counter("other").unwrap().load(Ordering::Relaxed), 0);
+        a.fetch_add(5);
+        assert_eq!(s.counter("rr").unwrap().load(), 5);
+        assert_eq!(s.counter("other").unwrap().load(), 0);
     }
 
     #[test]
@@ -155,28 +193,36 @@ mod tests {
     }
 
     #[test]
-    fn kv_refuses_oversized_entries_and_a_full_store() {
-        let s = SharedState::default();
-        assert!(s.kv_set("k".repeat(MAX_KV_KEY + 1), vec![]).is_err());
-        assert!(s.kv_set("k".into(), vec![0; MAX_KV_VALUE + 1]).is_err());
-        for i in 0..MAX_KV_KEYS {
-            s.kv_set(i.to_string(), vec![1]).unwrap();
-        }
-        assert!(s.kv_set("new".into(), vec![]).is_err());
-        assert!(
-            s.kv_set("0".into(), vec![2]).is_ok(),
-            "overwriting is allowed"
-        );
-        assert_eq!(s.kv_get("0"), Some(vec![2]));
-        assert!(s.kv_delete("0"));
-        assert!(!s.kv_delete("0"));
+    fn the_registry_returns_the_same_state_for_a_name() {
+        let r = StateRegistry::default();
+        let local = SharedStateMode::Local;
+        r.get("app", &local).kv_set("x".into(), vec![7]).unwrap();
+        assert_eq!(r.get("app", &local).kv_get("x"), Some(vec![7]));
+        assert_eq!(r.get("other", &local).kv_get("x"), None);
+        assert!(r.redis_status().is_none());
     }
 
     #[test]
-    fn the_registry_returns_the_same_state_for_a_name() {
+    fn shared_state_keeps_metric_counters_local_and_works_without_redis() {
         let r = StateRegistry::default();
-        r.get("app").kv_set("x".into(), vec![7]).unwrap();
-        assert_eq!(r.get("app").kv_get("x"), Some(vec![7]));
-        assert_eq!(r.get("other").kv_get("x"), None);
+        let mode = SharedStateMode::Redis(StateConfig {
+            // Nothing listens there: the state runs on local values.
+            redis: "redis://127.0.0.1:1".into(),
+            counter_block: 8,
+            refresh: std::time::Duration::from_millis(100),
+        });
+        let s = r.get("app", &mode);
+        assert!(s.is_shared());
+        assert!(matches!(s.counter("rr"), Some(Counter::Blocks(_))));
+        assert!(matches!(s.counter("metric/x"), Some(Counter::Local(_))));
+        let rr = s.counter("rr").unwrap();
+        assert_eq!(
+            (0..3).map(|_| rr.fetch_add(1)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        s.kv_set("k".into(), vec![1]).unwrap();
+        assert_eq!(s.kv_get("k"), Some(vec![1]));
+        assert_eq!(r.redis_status().map(|(up, _)| up), Some(false));
+        assert!(!r.get("app", &SharedStateMode::Local).is_shared());
     }
 }

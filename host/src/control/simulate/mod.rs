@@ -199,7 +199,7 @@ fn load(
         &app.engine,
         compiled,
         group,
-        StateRegistry::default().get(&group.name),
+        StateRegistry::default().get(&group.name, &Default::default()),
         &states(backends, &[]),
         1,
     )
