@@ -4,7 +4,6 @@
 //! component, or only reachable over plain HTTP without being listed in
 //! `insecure-registries` is refused with a clear error.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
@@ -30,19 +29,6 @@ fn oci_config(policy: &str, insecure: &str, cache: &Path, backends: [&Backend; 3
 
 fn with_admin(config: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:{{admin}}\"\n\n{config}")
-}
-
-fn split(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
-    let agent = client();
-    let bodies: Vec<String> = (0..n).map(|_| get(&agent, &proxy.url("/")).body).collect();
-    tally(bodies.iter().map(String::as_str))
-}
-
-fn weighted_split() -> BTreeMap<String, usize> {
-    [("a", 50), ("b", 10), ("c", 10)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), *v))
-        .collect()
 }
 
 /// `switchyard check` must refuse `config` at line 7 with `reason`.

@@ -2,7 +2,6 @@
 //! is not the pinned one is refused by `switchyard check`, at start, and at
 //! every hot swap, while the policy already serving keeps serving.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,19 +24,6 @@ fn backends() -> (Backend, Backend, Backend) {
         Backend::start("b"),
         Backend::start("c"),
     )
-}
-
-fn split(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
-    let agent = client();
-    let bodies: Vec<String> = (0..n).map(|_| get(&agent, &proxy.url("/")).body).collect();
-    tally(bodies.iter().map(String::as_str))
-}
-
-fn weighted_split() -> BTreeMap<String, usize> {
-    [("a", 50), ("b", 10), ("c", 10)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), *v))
-        .collect()
 }
 
 fn rename_over(path: &Path, bytes: &[u8]) {

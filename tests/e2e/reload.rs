@@ -27,12 +27,6 @@ backends = [
     )
 }
 
-fn split(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
-    let agent = client();
-    let bodies: Vec<String> = (0..n).map(|_| get(&agent, &proxy.url("/")).body).collect();
-    tally(bodies.iter().map(String::as_str))
-}
-
 fn exact(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }

@@ -1195,3 +1195,19 @@ pub fn one_upstream(policy: &str, backends: &[&Backend], extra: &str) -> String 
         list.join(",\n  ")
     )
 }
+
+/// How `n` requests to `proxy`'s `/` spread, by the body (the backend's
+/// name) each got.
+pub fn split(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
+    let agent = client();
+    let bodies: Vec<String> = (0..n).map(|_| get(&agent, &proxy.url("/")).body).collect();
+    tally(bodies.iter().map(String::as_str))
+}
+
+/// What 70 requests give under `weighted` with weights 5, 1, 1 on a, b, c.
+pub fn weighted_split() -> BTreeMap<String, usize> {
+    [("a", 50), ("b", 10), ("c", 10)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect()
+}
