@@ -97,21 +97,26 @@ fn addresses_added_and_removed_in_dns_change_the_backends_under_load() {
     assert!(wait_for(Duration::from_secs(5), || b.requests() > 20));
 
     // Added: c answers within dns-refresh + 1 s of the hosts file change.
-    let a_conns = a.connections();
+    let (a_conns, a_closed) = (a.connections(), a.closed());
     let changed = load.elapsed();
     dns.set_hosts("127.0.0.2 app.test\n127.0.0.3 app.test\n127.0.0.4 app.test\n");
+    // Wait for the client to have c's answer, not just for c to have the
+    // request: the sample is recorded when the response arrives.
+    let first_on_c = || {
+        load.snapshot()
+            .iter()
+            .filter(|s| s.backend == "c")
+            .map(|s| s.at)
+            .min()
+    };
     assert!(
-        wait_for(REFRESH + Duration::from_secs(3), || c.requests() > 0),
-        "{}",
+        wait_for(REFRESH + Duration::from_secs(3), || first_on_c().is_some()),
+        "c answered {} request(s), the client saw none; {}",
+        c.requests(),
         p.log()
     );
-    let first_c = load
-        .snapshot()
-        .iter()
-        .filter(|s| s.backend == "c")
-        .map(|s| s.at)
-        .min()
-        .expect("a request c answered");
+    let first_c = first_on_c().expect("a request c answered");
+    let a_closed_when_c_joined = a.closed();
     let took_add = first_c.saturating_sub(changed);
     eprintln!("dns: address added -> first request on it after {took_add:?}");
     assert!(took_add <= REFRESH + Duration::from_secs(1), "{took_add:?}");
@@ -152,8 +157,9 @@ fn addresses_added_and_removed_in_dns_change_the_backends_under_load() {
         "{took_remove:?}"
     );
     assert_eq!(failures(&samples), Vec::<String>::new());
-    // a kept its pool while it stayed: no new connection after c joined.
-    assert_eq!(a.connections(), a_conns, "a's pool was not kept");
+    // a kept its pool while it stayed: none of its connections was closed
+    // when c joined (a burst of load may still open one more).
+    assert_eq!(a_closed_when_c_joined, a_closed, "a's pool was not kept");
     let names: Vec<String> = status_backends(&p).into_iter().map(|(n, _)| n).collect();
     assert_eq!(
         names,

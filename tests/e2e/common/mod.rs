@@ -188,11 +188,12 @@ impl Default for Script {
     }
 }
 
-/// Connections open at once: now, and the most so far.
+/// Connections open at once: now, the most so far, and how many ended.
 #[derive(Default)]
 pub struct OpenConns {
     now: AtomicU64,
     most: AtomicU64,
+    ended: AtomicU64,
 }
 
 /// Counts one open connection (or request in flight) until dropped.
@@ -209,6 +210,7 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -322,6 +324,11 @@ impl Backend {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far that are closed now.
+    pub fn closed(&self) -> u64 {
+        self.open.ended.load(Ordering::SeqCst)
     }
 
     /// Stops listening and closes every open connection, as a killed
