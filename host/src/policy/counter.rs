@@ -10,11 +10,27 @@
 //! goes on counting locally, one block's worth at a time, and moves onto
 //! the next reserved block, always above every value it handed out, once
 //! one arrives.
+//!
+//! The block grows while the counter runs through one in less than
+//! [`FAST`] (doubling, up to [`MAX_BLOCK`]) and shrinks back towards
+//! `counter-block` when one lasts longer than [`SLOW`], so a busy counter
+//! costs Redis (and this proxy's Redis thread) at most about a hundred
+//! `INCRBY` a second, and a quiet one keeps blocks small and the fleet's
+//! order close.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// A block used up faster than this makes the next one twice as large.
+pub const FAST: Duration = Duration::from_millis(10);
+/// A block that lasts longer than this makes the next one half as large
+/// (never below `counter-block`).
+pub const SLOW: Duration = Duration::from_millis(100);
+/// The largest block a counter grows to.
+pub const MAX_BLOCK: u64 = 1 << 20;
 
 /// [`Counter`] is one counter of an upstream group, as a policy instance
 /// holds it.
@@ -70,7 +86,7 @@ pub struct BlockCounter {
     /// The end (exclusive) of the range in use; `next` never passes it on
     /// the fast path.
     end: AtomicU64,
-    /// Values per block (the allowance when counting locally too).
+    /// The least values per block (`counter-block`).
     block: u64,
     reserve: Mutex<Reserve>,
     /// Wakes the task that talks to Redis.
@@ -88,6 +104,11 @@ struct Reserve {
     set: Option<u64>,
     /// Ranges counted locally, without a reserved block.
     local_runs: u64,
+    /// Values the next block should hold (the allowance when counting
+    /// locally too): `block` or more, see the module doc.
+    size: u64,
+    /// When the counter last moved onto a new range.
+    switched: Option<Instant>,
 }
 
 /// What a [`BlockCounter`] needs from Redis, taken by the Redis task.
@@ -97,6 +118,8 @@ pub struct Wants {
     pub set: Option<u64>,
     /// Reserve a block whose values are all at least this.
     pub block_above: Option<u64>,
+    /// Values that block should hold.
+    pub block: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,7 +135,10 @@ impl BlockCounter {
             // Nothing in use: the first add takes the reserved block.
             end: AtomicU64::new(0),
             block: block.max(1),
-            reserve: Mutex::default(),
+            reserve: Mutex::new(Reserve {
+                size: block.max(1),
+                ..Reserve::default()
+            }),
             wake,
         }
     }
@@ -176,7 +202,9 @@ impl BlockCounter {
         // Close the range: adds that read the old end may still finish in
         // it, new ones wait for this lock.
         self.end.store(0, Ordering::Release);
+        self.resize(&mut r);
         let ahead = r.ahead.take();
+        let size = r.size;
         let (start, limit, reserved) = loop {
             let v = self.next.load(Ordering::Acquire);
             let (start, limit, reserved) = match ahead {
@@ -184,7 +212,7 @@ impl BlockCounter {
                 Some((s, e)) if s.max(v).checked_add(delta).is_some_and(|n| n <= e) => {
                     (s.max(v), e, true)
                 }
-                _ => (v, v.saturating_add(self.block.max(delta)), false),
+                _ => (v, v.saturating_add(size.max(delta)), false),
             };
             let n = start.wrapping_add(delta);
             if self
@@ -205,6 +233,19 @@ impl BlockCounter {
         start
     }
 
+    /// Sizes the next block by how long the one ending lasted.
+    fn resize(&self, r: &mut Reserve) {
+        let now = Instant::now();
+        if let Some(lasted) = r.switched.map(|t| now.duration_since(t)) {
+            if lasted < FAST {
+                r.size = r.size.saturating_mul(2).min(MAX_BLOCK.max(self.block));
+            } else if lasted > SLOW {
+                r.size = (r.size / 2).max(self.block);
+            }
+        }
+        r.switched = Some(now);
+    }
+
     /// What the counter needs from Redis now: a value to write, a block.
     pub fn wants(&self) -> Wants {
         let mut r = lock(&self.reserve);
@@ -212,6 +253,7 @@ impl BlockCounter {
         Wants {
             set: r.set.take(),
             block_above: r.ahead.is_none().then_some(floor),
+            block: r.size,
         }
     }
 
@@ -266,12 +308,13 @@ mod tests {
         for _ in 0..4 {
             c.fetch_add(1);
         }
-        // Redis is away: 104.. counted locally, a block's worth at a time.
+        // Redis is away: 104.. counted locally, a block's worth at a time
+        // (8: the first block went by quickly, so the next is twice as large).
         assert_eq!(
             (0..6).map(|_| c.fetch_add(1)).collect::<Vec<_>>(),
             [104, 105, 106, 107, 108, 109]
         );
-        assert_eq!(c.local_runs(), 2);
+        assert_eq!(c.local_runs(), 1);
         // A block below what was handed out is used only above it.
         assert_eq!(c.wants().block_above, Some(112));
         c.supply(110, 114);
@@ -298,6 +341,35 @@ mod tests {
         assert_eq!(w.block_above, Some(7));
         assert_eq!(c.wants().set, None, "taken once");
         assert_eq!(c.fetch_add(1), 7, "counted from the value set");
+    }
+
+    #[test]
+    fn a_busy_counter_reserves_larger_blocks_and_a_quiet_one_smaller() {
+        let c = counter(4);
+        assert_eq!(c.wants().block, 4);
+        // Blocks used up at once: each next one twice the size.
+        let mut top = 0;
+        for _ in 0..5 {
+            let w = c.wants();
+            c.supply(top, top + w.block);
+            top += w.block;
+            while c.load() < top {
+                c.fetch_add(1);
+            }
+        }
+        // The fifth block just started: four quick switches, 4 << 4.
+        assert_eq!(c.wants().block, 64);
+        // A block that lasts: back down, never below counter-block.
+        for _ in 0..6 {
+            let w = c.wants();
+            c.supply(top, top + w.block);
+            top += w.block;
+            std::thread::sleep(SLOW + Duration::from_millis(5));
+            while c.load() < top {
+                c.fetch_add(1);
+            }
+        }
+        assert_eq!(c.wants().block, 4);
     }
 
     #[test]

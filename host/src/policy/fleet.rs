@@ -300,7 +300,7 @@ async fn round(conn: &mut ConnectionManager, g: &FleetGroup, refresh: bool) -> R
             return Err(e);
         }
         if let Some(floor) = wants.block_above
-            && let Some((start, end)) = reserve(conn, &key, g.block, floor).await?
+            && let Some((start, end)) = reserve(conn, &key, wants.block, floor).await?
         {
             c.supply(start, end);
         }
