@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Switchyard against nginx, HAProxy and Caddy, side by side on loopback:
-# bench/run.sh (the harness, see bench/HARNESS.md) with Switchyard added as
-# targets: the Wasm round-robin, weighted, sticky-session and least-request
-# policies, and the same round-robin done natively (to see what the Wasm
-# boundary costs).
+# Switchyard against nginx, HAProxy, Caddy and Pingora, side by side on
+# loopback: bench/run.sh (the harness, see bench/HARNESS.md) with Switchyard
+# added as targets: the Wasm round-robin, weighted, sticky-session and
+# least-request policies, and the same round-robin done natively (to see what
+# the Wasm boundary costs). Pingora's round-robin load balancer
+# (bench/pingora, built apart: bench/pingora/build.sh) is added when its
+# binary exists, and skipped with a note when not.
 #
 #   bench/compare.sh --quick                  # 1 round of 3 s: ~2 min
 #   bench/compare.sh                          # 3 rounds of 10 s: ~10 min
@@ -17,6 +19,10 @@
 #                                             # more paired rounds
 #   bench/compare.sh --adaptive --only nginx  # round-robin, least-request and
 #                                             # native round-robin only
+#   bench/compare.sh --no-pingora             # without Pingora
+#   PINGORA_BIN=PATH bench/compare.sh         # this pingora-lb-bench binary
+#                                             # (default: bench/pingora's
+#                                             # target dir, or $CARGO_TARGET_DIR)
 #
 # Extra arguments go to bench/run.sh. Installs nginx, HAProxy, Caddy, wrk and
 # h2load from Debian if missing. Writes bench/results/<time>.{md,json} and,
@@ -27,12 +33,14 @@ cd "$(dirname "$0")/.."
 baseline=""
 split=""
 adaptive=""
+pingora=1
 args=()
 while (($#)); do
     case "$1" in
         --baseline) baseline=$(realpath "$2"); shift 2 ;;
         --split) split=1; shift ;;
         --adaptive) adaptive=1; shift ;;
+        --no-pingora) pingora=""; shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -70,6 +78,19 @@ for spec in "${specs[@]}"; do
     "$exe" check --config "$work/$name-check.toml" >/dev/null
     targets+=(--target "name=$name,lb=$lb,h2port=auto,conf=$work/$name.toml.tmpl,cmd=$exe run --config {config} --workers {workers}")
 done
+
+# Pingora: a peer in the full comparison only (--split and --adaptive compare
+# Switchyard with itself and nginx). One service with --workers threads
+# serves HTTP/1.1 and h2c on both ports (see bench/pingora/src/main.rs).
+if [[ -n "$pingora" && -z "$split" && -z "$adaptive" ]]; then
+    pingora_bin="${PINGORA_BIN:-${CARGO_TARGET_DIR:-$PWD/bench/pingora/target}/release/pingora-lb-bench}"
+    if [[ -x "$pingora_bin" ]]; then
+        pingora_bin=$(realpath "$pingora_bin")
+        targets+=(--target "name=pingora,lb=rr,h2port=auto,cmd=$pingora_bin --threads {workers} --h2c --listen 127.0.0.1:{port} --listen 127.0.0.1:{h2port} --backend 127.0.0.1:{b1} --backend 127.0.0.1:{b2} --backend 127.0.0.1:{b3}")
+    else
+        echo "pingora: not built (bench/pingora/build.sh, or set PINGORA_BIN); skipped" >&2
+    fi
+fi
 
 bench/run.sh "${targets[@]}" "$@"
 latest=$(ls -t bench/results/*.json | head -1)
