@@ -268,7 +268,8 @@ impl Health {
                         self.down_since = Some(now);
                         self.warned = Some(now);
                         tracing::warn!(
-                            "{redis}: {e}; shared policy state served from this proxy's local values until it answers"
+                            "{redis}: {e}{}; shared policy state served from this proxy's local values until it answers",
+                            tls_hint(&e)
                         );
                     }
                     Some(since) if self.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) => {
@@ -282,6 +283,15 @@ impl Health {
                 }
             }
         }
+    }
+}
+
+/// What to check when a TLS handshake refused the server's certificate.
+fn tls_hint(e: &redis::RedisError) -> &'static str {
+    if e.to_string().contains("certificate") {
+        " (the server's certificate must name the host and chain to [state] ca, or without ca to a root the system trusts)"
+    } else {
+        ""
     }
 }
 
