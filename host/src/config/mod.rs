@@ -48,4 +48,6 @@ pub use upstream::{
 };
 
 #[cfg(test)]
+mod state_tests;
+#[cfg(test)]
 mod tests;
