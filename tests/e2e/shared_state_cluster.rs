@@ -3,12 +3,14 @@
 //! `redis-cli --cluster create`, and two proxies with two upstream groups
 //! whose keys hash to different nodes. What holds for one Redis holds
 //! here: key-value writes cross between the proxies within a second, and
-//! a shared counter is handed out once and evenly across both.
+//! a shared counter is handed out once and evenly across both; and the
+//! same over TLS (`rediss://` nodes, `ca`).
 
 use std::time::Duration;
 
 use crate::common::*;
 use crate::shared_state::{Redis, free_port, sessions_policy, three, turn, visible_at};
+use crate::shared_state_tls::{Pki, tls_args};
 
 /// A port whose cluster bus port (+10000) is free too.
 fn cluster_port() -> u16 {
@@ -28,13 +30,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// With `tls`, the nodes serve TLS only (clients and the cluster bus)
+    /// with its certificate.
+    fn start(tls: Option<&Pki>) -> Cluster {
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
+        let mut cli_args = Vec::new();
         for _ in 0..3 {
             let dir = TempDir::new("redis-cluster");
             let port = cluster_port();
-            let args = [
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -43,12 +48,21 @@ impl Cluster {
                 "2000",
                 "--dir",
                 &dir.path().display().to_string(),
-            ];
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            if let Some(pki) = tls {
+                let (server, cli) = tls_args(pki, &dir);
+                args.extend(server);
+                args.extend(["--tls-cluster".into(), "yes".into()]);
+                cli_args = cli;
+            }
             nodes.push(Redis::start_with(
                 port,
-                false,
-                args.iter().map(|a| a.to_string()).collect(),
-                Vec::new(),
+                tls.is_some(),
+                args,
+                cli_args.clone(),
             ));
             dirs.push(dir);
         }
@@ -57,6 +71,7 @@ impl Cluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let created = std::process::Command::new("redis-cli")
+            .args(&cli_args)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -123,7 +138,7 @@ fn config(cluster: &Cluster, backends: &[&Backend], block: u64) -> String {
 
 #[test]
 fn two_proxies_share_key_value_writes_and_counters_through_a_redis_cluster() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(None);
     let (a, b, c) = three();
     let block = 8;
     let cfg = config(&cluster, &[&a, &b, &c], block);
@@ -196,5 +211,46 @@ fn two_proxies_share_key_value_writes_and_counters_through_a_redis_cluster() {
             "{}",
             p.log()
         );
+    }
+}
+
+#[test]
+fn a_redis_cluster_over_tls_shares_key_value_writes() {
+    let pki = Pki::new("cluster");
+    let cluster = Cluster::start(Some(&pki));
+    let (a, b, c) = three();
+    let cfg = config(&cluster, &[&a, &b, &c], 64).replace(
+        "\ncounter-block = 64",
+        "\nca = \"ca.pem\"\ncounter-block = 64",
+    );
+    assert!(cfg.contains("rediss://") && cfg.contains("ca = "), "{cfg}");
+    let with_ca = |d: &TempDir| {
+        d.write("ca.pem", &pki.ca);
+    };
+    let (one, two) = (
+        Proxy::start_with(&cfg, with_ca),
+        Proxy::start_with(&cfg, with_ca),
+    );
+    let agent = client();
+    let mut times = Vec::new();
+    for (i, path) in ["/app/", "/shop/", "/app/", "/shop/"].iter().enumerate() {
+        let (w, r) = if i % 2 == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let t = visible_at(&agent, w, r, path, &format!("t{i}"), Duration::from_secs(1));
+        times.push(t.unwrap_or_else(|| panic!("t{i} on {path} not seen within 1 s:\n{}", r.log())));
+    }
+    times.sort();
+    let keys = cluster.keys_per_node();
+    crate::figures!(
+        "shared-state on a 3-node Redis Cluster over TLS: a key-value write seen by the other proxy after {:.0}–{:.0} ms (4 writes over 2 groups); keys per node {keys:?}",
+        ms(times[0]),
+        ms(times[3])
+    );
+    assert!(keys.iter().filter(|&&n| n > 0).count() >= 2, "{keys:?}");
+    for p in [&one, &two] {
+        assert_eq!(p.metric("switchyard_state_redis_up"), 1.0, "{}", p.log());
     }
 }

@@ -12,14 +12,14 @@ use crate::shared_state::{Redis, config_with, free_port, sessions_policy, three,
 
 /// A CA (its certificate, PEM) and a certificate for 127.0.0.1 it signed
 /// (PEM, and its key).
-struct Pki {
-    ca: String,
+pub(crate) struct Pki {
+    pub(crate) ca: String,
     cert: String,
     key: String,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca.key_usages = vec![
@@ -44,16 +44,15 @@ impl Pki {
     }
 }
 
-/// A `redis-server` serving TLS only, with `pki`'s certificate (files in
-/// `dir`); clients need no certificate.
-fn tls_redis(pki: &Pki, dir: &TempDir) -> Redis {
+/// The `redis-server` arguments that serve TLS with `pki`'s certificate
+/// (files written to `dir`; clients need no certificate), and what
+/// `redis-cli` needs to reach it.
+pub(crate) fn tls_args(pki: &Pki, dir: &TempDir) -> (Vec<String>, Vec<String>) {
     let ca = dir.write("ca.pem", &pki.ca);
     let cert = dir.write("redis.pem", &pki.cert);
     let key = dir.write("redis-key.pem", &pki.key);
     let path = |p: &std::path::Path| p.display().to_string();
-    Redis::start_with(
-        free_port(),
-        true,
+    (
         vec![
             "--tls-cert-file".into(),
             path(&cert),
@@ -66,6 +65,12 @@ fn tls_redis(pki: &Pki, dir: &TempDir) -> Redis {
         ],
         vec!["--tls".into(), "--cacert".into(), path(&ca)],
     )
+}
+
+/// A `redis-server` serving TLS only, with `pki`'s certificate.
+fn tls_redis(pki: &Pki, dir: &TempDir) -> Redis {
+    let (args, cli_args) = tls_args(pki, dir);
+    Redis::start_with(free_port(), true, args, cli_args)
 }
 
 /// The config of a proxy whose `[state]` is `redis` trusting the CA in
