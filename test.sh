@@ -13,8 +13,9 @@
 #     JavaScript template), docker-registry (the CNCF distribution registry
 #     the OCI tests push policies to and pull them from; each test starts
 #     its own on a free port), dnsmasq-base (the DNS server the DNS
-#     discovery tests start on a free port), redis-server (with redis-cli:
-#     the shared policy state tests, each starting its own on a free port).
+#     discovery tests start on a free port), redis-server and redis-tools
+#     (redis-cli) for the shared policy state tests, each starting its own
+#     on free ports (one server, one serving TLS only, a 3-node cluster).
 #     Installed with apt-get when run as root or with passwordless sudo;
 #     otherwise it prints the command and stops;
 #   - .venv/: a project-local Python environment with tests/requirements.txt
@@ -59,6 +60,7 @@ command -v npm >/dev/null || missing+=(npm)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if ((${#missing[@]})); then
     install=(apt-get install -y -qq "${missing[@]}")
     if [ "$(id -u)" = 0 ]; then

@@ -32,7 +32,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard::config::{Config, PolicySource, SharedStateMode, StateConfig, UpstreamConfig};
+use switchyard::config::{
+    Config, PolicySource, RedisTarget, SharedStateMode, StateConfig, UpstreamConfig,
+};
 use switchyard::policy::{
     BackendState, Decision, EngineOptions, Observed, Policy, PolicyEngine, RequestView, RoundRobin,
     SharedState, StateRegistry, WasmPolicy, monotonic_ns,
@@ -332,7 +334,8 @@ fn shared_state(c: &mut Criterion) {
                 modes.push((
                     "redis",
                     SharedStateMode::Redis(StateConfig {
-                        redis: format!("redis://127.0.0.1:{}", r.1),
+                        redis: RedisTarget::Single(format!("redis://127.0.0.1:{}", r.1)),
+                        ca: None,
                         counter_block: switchyard::config::DEFAULT_COUNTER_BLOCK,
                         refresh: switchyard::config::DEFAULT_STATE_REFRESH,
                     }),

@@ -30,4 +30,6 @@ mod resilience;
 mod sandbox;
 mod shadow;
 mod shared_state;
+mod shared_state_cluster;
+mod shared_state_tls;
 mod simulate;

@@ -3,7 +3,8 @@
 //! proxies see each other's key-value writes within a second, a shared
 //! counter is handed out once across both, the unchanged Rust template
 //! runs on either kind of state, and killing Redis under load fails no
-//! request and resynchronises when it is back.
+//! request and resynchronises when it is back. The helpers here serve
+//! `shared_state_tls` and `shared_state_cluster` too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,32 +13,68 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::languages;
 
+/// A free port on 127.0.0.1 (the kernel's pick).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A `redis-server` on 127.0.0.1 with no persistence, killed on drop.
-struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
-    port: u16,
+    pub port: u16,
+    /// More `redis-server` arguments (TLS files, cluster mode).
+    args: Vec<String>,
+    /// What `redis-cli` needs besides the port to reach it (TLS).
+    cli_args: Vec<String>,
+    /// Serves TLS only, on `port`.
+    tls: bool,
 }
 
 impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut r = Redis { child: None, port };
+    pub(crate) fn start() -> Redis {
+        Redis::start_with(free_port(), false, Vec::new(), Vec::new())
+    }
+
+    /// A server on `port` with more `args`; `tls`: TLS only on that port
+    /// (the args name the files), `cli_args` for `redis-cli` to reach it.
+    pub(crate) fn start_with(
+        port: u16,
+        tls: bool,
+        args: Vec<String>,
+        cli_args: Vec<String>,
+    ) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port,
+            args,
+            cli_args,
+            tls,
+        };
         r.restart();
         r
     }
 
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    pub(crate) fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts it (again) on its port, empty, and waits until it answers.
     fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -60,9 +97,10 @@ impl Redis {
     }
 
     /// `redis-cli` with `args`; its output, trimmed.
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli_args)
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -78,7 +116,7 @@ impl Drop for Redis {
 
 /// `tests/fixtures/v0.2/sessions` built (once per run): learns sessions
 /// in the key-value store, round-robins over the shared counter `turn`.
-fn sessions_policy() -> PathBuf {
+pub(crate) fn sessions_policy() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -104,15 +142,16 @@ fn sessions_policy() -> PathBuf {
 
 /// One upstream `app` under `policy`; its state in `redis` if given.
 fn config(policy: &Path, backends: &[&Backend], redis: Option<&Redis>, block: u64) -> String {
+    let state = redis.map(|r| format!("redis = \"{}\"\ncounter-block = {block}", r.url()));
+    config_with(policy, backends, state.as_deref())
+}
+
+/// One upstream `app` under `policy`; with `state` (the lines of a
+/// `[state]` section), its state is shared through that Redis.
+pub(crate) fn config_with(policy: &Path, backends: &[&Backend], state: Option<&str>) -> String {
     let list: Vec<String> = backends.iter().map(|b| b.entry()).collect();
-    let (state, shared) = match redis {
-        Some(r) => (
-            format!(
-                "[state]\nredis = \"{}\"\ncounter-block = {block}\n",
-                r.url()
-            ),
-            "redis",
-        ),
+    let (state, shared) = match state {
+        Some(s) => (format!("[state]\n{s}\n"), "redis"),
         None => (String::new(), "local"),
     };
     format!(
@@ -135,7 +174,7 @@ backends = [{}]
 }
 
 /// The `sy-session` cookie's value: `known` or `new-N`.
-fn session_cookie(r: &Reply) -> String {
+pub(crate) fn session_cookie(r: &Reply) -> String {
     r.headers
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
@@ -146,14 +185,14 @@ fn session_cookie(r: &Reply) -> String {
 }
 
 /// The counter value a `new-N` answer used.
-fn turn(r: &Reply) -> u64 {
+pub(crate) fn turn(r: &Reply) -> u64 {
     let c = session_cookie(r);
     c.strip_prefix("new-")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("not a new-N answer: {c:?}"))
 }
 
-fn three() -> (Backend, Backend, Backend) {
+pub(crate) fn three() -> (Backend, Backend, Backend) {
     (
         Backend::start("a"),
         Backend::start("b"),
@@ -171,7 +210,19 @@ fn visible(
     s: &str,
     limit: Duration,
 ) -> Option<Duration> {
-    let learned = get_with(agent, &writer.url("/"), &[("x-session", s)]);
+    visible_at(agent, writer, reader, "/", s, limit)
+}
+
+/// [`visible`] for requests to `path`.
+pub(crate) fn visible_at(
+    agent: &ureq::Agent,
+    writer: &Proxy,
+    reader: &Proxy,
+    path: &str,
+    s: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let learned = get_with(agent, &writer.url(path), &[("x-session", s)]);
     assert!(
         session_cookie(&learned).starts_with("new-"),
         "{s}: {learned:?}"
@@ -181,7 +232,7 @@ fn visible(
     wait_for(limit, || {
         let r = get_with(
             agent,
-            &reader.url("/"),
+            &reader.url(path),
             &[("x-session", s), ("x-peek", "1")],
         );
         let known = session_cookie(&r) == "known";

@@ -18,7 +18,7 @@ pub(super) struct FileConfig {
     pub server: FileServer,
     pub admin: Option<FileAdmin>,
     pub access_log: Option<Spanned<FileAccessLog>>,
-    pub state: Option<FileState>,
+    pub state: Option<Spanned<FileState>>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
     #[serde(default)]

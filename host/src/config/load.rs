@@ -100,7 +100,10 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         .access_log
         .as_ref()
         .map(|a| a.get_ref().to_access_log(c, &base, a.span()));
-    let state = raw.state.as_ref().and_then(|s| s.to_state(c));
+    let state = raw
+        .state
+        .as_ref()
+        .and_then(|s| s.get_ref().to_state(c, &base, s.span()));
     let upstreams: Vec<UpstreamConfig> = raw
         .upstreams
         .iter()

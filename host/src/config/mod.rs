@@ -35,7 +35,9 @@ pub use server::{
     DEFAULT_MAX_HEADERS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, ListenerConfig,
     TlsFiles,
 };
-pub use state::{DEFAULT_COUNTER_BLOCK, DEFAULT_STATE_REFRESH, SharedStateMode, StateConfig};
+pub use state::{
+    CaFile, DEFAULT_COUNTER_BLOCK, DEFAULT_STATE_REFRESH, RedisTarget, SharedStateMode, StateConfig,
+};
 pub use upstream::{
     BackendConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_KEEPALIVE, DEFAULT_MAX_CONNECTIONS_PER_BACKEND, DEFAULT_MAX_FAILS,
@@ -45,5 +47,7 @@ pub use upstream::{
     DEFAULT_TUNNEL_IDLE_TIMEOUT, HealthCheckConfig, SandboxConfig, ShadowConfig, UpstreamConfig,
 };
 
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,9 @@
 //! The link to Redis behind `shared-state = "redis"`: one background
 //! thread per `[state]`, which keeps every shared group's counters and
 //! key-value store in step with Redis while policies use local copies.
+//! Redis is one server (`redis`, `rediss://` for TLS) or a Redis Cluster
+//! (`redis-cluster`); the connection is a [`Link`], and every exchange
+//! below is written once, for any [`ConnectionLike`].
 //!
 //! Each round (on a wake-up from a counter or a write, and every
 //! `refresh`) it:
@@ -19,6 +22,11 @@
 //! (sorted set), `…:kv:trimmed`, `…:kv:epoch` (a random id: when it
 //! changes or vanishes, Redis lost the store, and each proxy gives it back
 //! what it holds). `{app}` is a hash tag: one group, one cluster slot.
+//! So every command names keys of one group only (`MGET` of three of
+//! them, `HMGET` of one hash), a pipeline holds one group's writes, and
+//! the write script declares all four keys it touches, which is what a
+//! Redis Cluster needs: each round of a group goes to the node that holds
+//! its slot, and groups spread over the nodes.
 //!
 //! When Redis does not answer, policies go on with local values: counters
 //! count on locally, writes wait (bounded, see [`KvStore`]); the failure
@@ -30,11 +38,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use redis::RedisResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionLike;
 use tokio::sync::Notify;
 
 use super::counter::BlockCounter;
 use super::kv::{KvStore, MAX_KV_KEYS, Write};
+use super::link::Link;
 use crate::config::StateConfig;
 
 /// Longest wait for one Redis command, or to connect.
@@ -189,24 +198,13 @@ impl FleetGroup {
 
 /// The task: a round on every wake-up and every `refresh`.
 async fn run(fleet: Arc<Fleet>) {
-    let url = fleet.config.redis.as_str();
-    let client = match redis::Client::open(url) {
-        Ok(c) => c,
+    let mut link = match Link::open(&fleet.config, OP_TIMEOUT) {
+        Ok(link) => link,
         Err(e) => {
-            tracing::error!("state.redis {url}: {e}; shared state stays local");
-            return;
-        }
-    };
-    let options = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(OP_TIMEOUT))
-        .set_response_timeout(Some(OP_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(OP_TIMEOUT);
-    let mut conn = match ConnectionManager::new_lazy_with_config(client, options) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("state.redis {url}: {e}; shared state stays local");
+            tracing::error!(
+                "{}: {e}; shared policy state stays local",
+                fleet.config.redis
+            );
             return;
         }
     };
@@ -225,15 +223,20 @@ async fn run(fleet: Arc<Fleet>) {
             // While Redis is away, try again on the refresh tick only.
             continue;
         }
-        let mut result = Ok(());
-        for group in fleet.live_groups() {
-            result = round(&mut conn, &group, refresh).await;
-            if result.is_err() {
-                break;
-            }
-        }
+        let result = match &mut link {
+            Link::One(conn) => rounds(&fleet, conn, refresh).await,
+            Link::Cluster(conn) => rounds(&fleet, conn, refresh).await,
+        };
         health.note(&fleet, result);
     }
+}
+
+/// A round of every live group, up to the first failure.
+async fn rounds<C: ConnectionLike>(fleet: &Fleet, conn: &mut C, refresh: bool) -> RedisResult<()> {
+    for group in fleet.live_groups() {
+        round(conn, &group, refresh).await?;
+    }
+    Ok(())
 }
 
 /// Whether Redis answers, and when it was last said that it does not.
@@ -245,13 +248,13 @@ struct Health {
 
 impl Health {
     fn note(&mut self, fleet: &Fleet, result: RedisResult<()>) {
-        let url = &fleet.config.redis;
+        let redis = &fleet.config.redis;
         match result {
             Ok(()) => {
                 fleet.up.store(true, Ordering::Relaxed);
                 if let Some(since) = self.down_since.take() {
                     tracing::info!(
-                        "redis {url} answers again after {:.1} s: shared policy state resynchronised",
+                        "{redis} answers again after {:.1} s: shared policy state resynchronised",
                         since.elapsed().as_secs_f64()
                     );
                 }
@@ -265,13 +268,14 @@ impl Health {
                         self.down_since = Some(now);
                         self.warned = Some(now);
                         tracing::warn!(
-                            "redis {url}: {e}; shared policy state served from this proxy's local values until it answers"
+                            "{redis}: {e}{}; shared policy state served from this proxy's local values until it answers",
+                            tls_hint(&e)
                         );
                     }
                     Some(since) if self.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) => {
                         self.warned = Some(now);
                         tracing::warn!(
-                            "redis {url} still unreachable after {:.0} s: {e}",
+                            "{redis} still unreachable after {:.0} s: {e}",
                             since.elapsed().as_secs_f64()
                         );
                     }
@@ -282,8 +286,17 @@ impl Health {
     }
 }
 
+/// What to check when a TLS handshake refused the server's certificate.
+fn tls_hint(e: &redis::RedisError) -> &'static str {
+    if e.to_string().contains("certificate") {
+        " (the server's certificate must name the host and chain to [state] ca, or without ca to a root the system trusts)"
+    } else {
+        ""
+    }
+}
+
 /// One group's round: counters, writes, and (when due) others' changes.
-async fn round(conn: &mut ConnectionManager, g: &FleetGroup, refresh: bool) -> RedisResult<()> {
+async fn round<C: ConnectionLike>(conn: &mut C, g: &FleetGroup, refresh: bool) -> RedisResult<()> {
     let counters = lock(&g.counters).clone();
     for (name, c) in &counters {
         let key = g.key(&format!("c:{name}"));
@@ -312,8 +325,8 @@ async fn round(conn: &mut ConnectionManager, g: &FleetGroup, refresh: bool) -> R
 }
 
 /// Reserves `block` values of counter `key`, all at least `floor`.
-async fn reserve(
-    conn: &mut ConnectionManager,
+async fn reserve<C: ConnectionLike>(
+    conn: &mut C,
     key: &str,
     block: u64,
     floor: u64,
@@ -343,7 +356,7 @@ async fn reserve(
 }
 
 /// Sends the group's waiting key-value writes.
-async fn flush(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<()> {
+async fn flush<C: ConnectionLike>(conn: &mut C, g: &FleetGroup) -> RedisResult<()> {
     let dropped = g.kv.dropped();
     let reported = g.drops_reported.swap(dropped, Ordering::Relaxed);
     if dropped > reported {
@@ -383,7 +396,7 @@ async fn flush(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<()> 
 }
 
 /// Brings in other proxies' writes since the version last seen.
-async fn catch_up(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<()> {
+async fn catch_up<C: ConnectionLike>(conn: &mut C, g: &FleetGroup) -> RedisResult<()> {
     let (version, trimmed, epoch): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("MGET")
         .arg(g.key("kv:version"))
         .arg(g.key("kv:trimmed"))
@@ -445,7 +458,7 @@ async fn catch_up(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<(
 
 /// Reads up to [`CHANGES_PER_ROUND`] changes after the version last seen;
 /// how many there were.
-async fn read_changes(conn: &mut ConnectionManager, g: &FleetGroup) -> RedisResult<usize> {
+async fn read_changes<C: ConnectionLike>(conn: &mut C, g: &FleetGroup) -> RedisResult<usize> {
     let seen = g.seen.load(Ordering::Relaxed);
     let flat: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
         .arg(g.key("kv:log"))

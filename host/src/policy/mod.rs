@@ -21,6 +21,7 @@ mod host_v01;
 mod host_v02;
 mod kv;
 mod limits;
+mod link;
 mod native;
 mod outcomes;
 mod plugin;

@@ -172,6 +172,7 @@ impl StateRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RedisTarget;
 
     #[test]
     fn counters_with_the_same_name_are_the_same_counter() {
@@ -207,7 +208,8 @@ mod tests {
         let r = StateRegistry::default();
         let mode = SharedStateMode::Redis(StateConfig {
             // Nothing listens there: the state runs on local values.
-            redis: "redis://127.0.0.1:1".into(),
+            redis: RedisTarget::Single("redis://127.0.0.1:1".into()),
+            ca: None,
             counter_block: 8,
             refresh: std::time::Duration::from_millis(100),
         });
