@@ -459,3 +459,66 @@ fn shared_state_redis_without_a_state_section_is_a_config_error() {
         "{text}"
     );
 }
+
+/// The proxy's threads named like the Redis link's (`switchyard-state`,
+/// cut to 15 bytes by the kernel).
+fn state_threads(p: &Proxy) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "switchyard-stat")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Clients connected to `redis` other than the `redis-cli` asking.
+fn redis_clients(redis: &Redis) -> usize {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .count()
+        .saturating_sub(1)
+}
+
+#[test]
+fn a_reload_to_another_redis_closes_the_link_to_the_old_one() {
+    let (one, two) = (Redis::start(), Redis::start());
+    let (a, b, c) = three();
+    let policy = sessions_policy();
+    let p = Proxy::start(&config(&policy, &[&a, &b, &c], Some(&one), 8));
+    let agent = client();
+    assert_eq!(get(&agent, &p.url("/")).status, 200);
+    assert!(wait_for(Duration::from_secs(5), || redis_clients(&one) == 1));
+    assert_eq!(state_threads(&p), 1);
+    // Back and forth: each reload leaves one link, to the Redis named.
+    for (now, before) in [(&two, &one), (&one, &two), (&two, &one)] {
+        p.reload(&config(&policy, &[&a, &b, &c], Some(now), 8));
+        assert_eq!(get(&agent, &p.url("/")).status, 200);
+        let settled = wait_for(Duration::from_secs(5), || {
+            redis_clients(before) == 0 && redis_clients(now) == 1 && state_threads(&p) == 1
+        });
+        assert!(
+            settled,
+            "after a reload to port {}: {} link thread(s); clients on the old Redis {}, on the new {}\n{}",
+            now.port,
+            state_threads(&p),
+            redis_clients(before),
+            redis_clients(now),
+            p.log()
+        );
+    }
+    assert_eq!(p.metric("switchyard_state_redis_up"), 1.0);
+    // Back to local state: no link at all.
+    p.reload(&config(&policy, &[&a, &b, &c], None, 8));
+    assert!(
+        wait_for(Duration::from_secs(5), || state_threads(&p) == 0
+            && redis_clients(&two) == 0),
+        "{}",
+        p.log()
+    );
+}

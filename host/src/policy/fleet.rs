@@ -78,14 +78,17 @@ return v
 ";
 
 /// [`Fleet`] is the link to one Redis: its groups, whether it answers,
-/// and the failures counted.
+/// and the failures counted. Its groups hold it; when the last group is
+/// dropped (a reload moved every upstream to another `[state]`), so is the
+/// link, and its thread ends at its next wake-up.
 #[derive(Debug)]
 pub struct Fleet {
     config: StateConfig,
     wake: Arc<Notify>,
     groups: Mutex<Vec<Weak<FleetGroup>>>,
     up: AtomicBool,
-    errors: AtomicU64,
+    /// Failed exchanges, counted with the registry's other links.
+    errors: Arc<AtomicU64>,
 }
 
 /// [`FleetGroup`] is one upstream group's state as the Redis task sees it.
@@ -103,6 +106,8 @@ pub struct FleetGroup {
     epoch: AtomicU64,
     /// Writes kept local (too many waiting) already reported.
     drops_reported: AtomicU64,
+    /// Keeps the link alive while the group is in use.
+    _link: Arc<Fleet>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,17 +115,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fleet {
-    /// Starts the link to `config.redis` on a thread of its own. Nothing
-    /// waits for Redis: until it answers, the groups run on local values.
-    pub fn start(config: &StateConfig) -> Arc<Fleet> {
+    /// Starts the link to `config.redis` on a thread of its own, counting
+    /// its failed exchanges in `errors`. Nothing waits for Redis: until it
+    /// answers, the groups run on local values.
+    pub fn start(config: &StateConfig, errors: Arc<AtomicU64>) -> Arc<Fleet> {
         let fleet = Arc::new(Fleet {
             config: config.clone(),
             wake: Arc::new(Notify::new()),
             groups: Mutex::default(),
             up: AtomicBool::new(false),
-            errors: AtomicU64::new(0),
+            errors,
         });
-        let task = fleet.clone();
+        let task = (Arc::downgrade(&fleet), fleet.wake.clone());
         let spawned = std::thread::Builder::new()
             .name("switchyard-state".into())
             .spawn(move || {
@@ -128,7 +134,7 @@ impl Fleet {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run(task)),
+                    Ok(rt) => rt.block_on(run(task.0, task.1)),
                     Err(e) => tracing::error!("cannot start the Redis state task: {e}"),
                 }
             });
@@ -148,13 +154,8 @@ impl Fleet {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Failed exchanges with Redis so far.
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
     /// A new group for `upstream`, synchronised from now on.
-    pub fn group(&self, upstream: &str) -> Arc<FleetGroup> {
+    pub fn group(self: &Arc<Self>, upstream: &str) -> Arc<FleetGroup> {
         let group = Arc::new(FleetGroup {
             prefix: format!("switchyard:{{{upstream}}}:"),
             kv: Arc::new(KvStore::shared(self.wake.clone())),
@@ -164,6 +165,7 @@ impl Fleet {
             seen: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             drops_reported: AtomicU64::new(0),
+            _link: self.clone(),
         });
         let mut groups = lock(&self.groups);
         groups.retain(|g| g.strong_count() > 0);
@@ -196,15 +198,16 @@ impl FleetGroup {
     }
 }
 
-/// The task: a round on every wake-up and every `refresh`.
-async fn run(fleet: Arc<Fleet>) {
-    let mut link = match Link::open(&fleet.config, OP_TIMEOUT) {
+/// The task: a round on every wake-up and every `refresh`, until the
+/// link is dropped.
+async fn run(fleet: Weak<Fleet>, wake: Arc<Notify>) {
+    let Some(config) = fleet.upgrade().map(|f| f.config.clone()) else {
+        return;
+    };
+    let mut link = match Link::open(&config, OP_TIMEOUT) {
         Ok(link) => link,
         Err(e) => {
-            tracing::error!(
-                "{}: {e}; shared policy state stays local",
-                fleet.config.redis
-            );
+            tracing::error!("{}: {e}; shared policy state stays local", config.redis);
             return;
         }
     };
@@ -212,9 +215,16 @@ async fn run(fleet: Arc<Fleet>) {
     let mut refresh_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = fleet.wake.notified() => {}
+            _ = wake.notified() => {}
             _ = tokio::time::sleep_until(refresh_at) => {}
         }
+        let Some(fleet) = fleet.upgrade() else {
+            tracing::debug!(
+                "{}: no upstream uses it any more; link closed",
+                config.redis
+            );
+            return;
+        };
         let now = tokio::time::Instant::now();
         let refresh = now >= refresh_at;
         if refresh {

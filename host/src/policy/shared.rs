@@ -9,7 +9,8 @@
 //! waits for the network.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::counter::Counter;
 use super::fleet::{Fleet, FleetGroup};
@@ -41,7 +42,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SharedState {
     /// The state of upstream `upstream`, shared through `fleet`'s Redis.
-    pub fn shared(fleet: &Fleet, upstream: &str) -> SharedState {
+    pub fn shared(fleet: &Arc<Fleet>, upstream: &str) -> SharedState {
         let group = fleet.group(upstream);
         SharedState {
             counters: Mutex::default(),
@@ -118,8 +119,11 @@ impl SharedState {
 #[derive(Debug, Default)]
 pub struct StateRegistry {
     groups: Mutex<HashMap<String, (SharedStateMode, Arc<SharedState>)>>,
-    /// One link per `[state]`, started on first use.
-    fleets: Mutex<Vec<Arc<Fleet>>>,
+    /// One link per `[state]`, started on first use, kept alive by the
+    /// groups that use it.
+    fleets: Mutex<Vec<Weak<Fleet>>>,
+    /// Failed exchanges of every link, closed ones included.
+    redis_errors: Arc<AtomicU64>,
 }
 
 impl StateRegistry {
@@ -147,24 +151,32 @@ impl StateRegistry {
 
     fn fleet(&self, config: &StateConfig) -> Arc<Fleet> {
         let mut fleets = lock(&self.fleets);
-        if let Some(f) = fleets.iter().find(|f| f.config() == config) {
-            return f.clone();
+        fleets.retain(|f| f.strong_count() > 0);
+        if let Some(f) = fleets
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|f| f.config() == config)
+        {
+            return f;
         }
-        let f = Fleet::start(config);
-        fleets.push(f.clone());
+        let f = Fleet::start(config, self.redis_errors.clone());
+        fleets.push(Arc::downgrade(&f));
         f
     }
 
-    /// With any upstream on Redis: whether every Redis answers, and the
-    /// failed exchanges so far.
+    /// With any upstream on Redis: whether every Redis in use answers, and
+    /// the failed exchanges so far.
     pub fn redis_status(&self) -> Option<(bool, u64)> {
-        let fleets = lock(&self.fleets);
-        if fleets.is_empty() {
+        let live: Vec<Arc<Fleet>> = lock(&self.fleets)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        if live.is_empty() {
             return None;
         }
         Some((
-            fleets.iter().all(|f| f.is_up()),
-            fleets.iter().map(|f| f.errors()).sum(),
+            live.iter().all(|f| f.is_up()),
+            self.redis_errors.load(Ordering::Relaxed),
         ))
     }
 }
