@@ -486,7 +486,7 @@ fn redis_clients(redis: &Redis) -> usize {
 }
 
 #[test]
-fn a_reload_to_another_redis_closes_the_link_to_the_old_one() {
+fn a_reload_to_another_redis_or_without_the_upstream_closes_the_old_link() {
     let (one, two) = (Redis::start(), Redis::start());
     let (a, b, c) = three();
     let policy = sessions_policy();
@@ -519,6 +519,22 @@ fn a_reload_to_another_redis_closes_the_link_to_the_old_one() {
         wait_for(Duration::from_secs(5), || state_threads(&p) == 0
             && redis_clients(&two) == 0),
         "{}",
+        p.log()
+    );
+    // On Redis again, then the upstream removed (another one, local, in
+    // its place): its link goes with it.
+    p.reload(&config(&policy, &[&a, &b, &c], Some(&one), 8));
+    assert!(wait_for(Duration::from_secs(5), || redis_clients(&one) == 1));
+    let renamed =
+        config(&policy, &[&a, &b, &c], None, 8).replace("[upstreams.app]", "[upstreams.other]");
+    p.reload(&renamed);
+    assert_eq!(get(&agent, &p.url("/")).status, 200);
+    assert!(
+        wait_for(Duration::from_secs(5), || state_threads(&p) == 0
+            && redis_clients(&one) == 0),
+        "after the upstream was removed: {} link thread(s), {} client(s) on its Redis\n{}",
+        state_threads(&p),
+        redis_clients(&one),
         p.log()
     );
 }

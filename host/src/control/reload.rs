@@ -312,6 +312,12 @@ impl Reloader {
         self.checks = health::start(&runtime.upstreams);
         self.dns = dns::start(&self.app, &self.proxy, &self.found_tx);
         self.app.backends.prune();
+        self.app.states.retain(|name| {
+            runtime
+                .upstreams
+                .iter()
+                .any(|u| u.name == name || runtime::shadow_state_name(&u.name) == name)
+        });
         Ok(generation)
     }
 }

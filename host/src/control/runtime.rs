@@ -123,11 +123,16 @@ fn shadow_policy(
         compiled,
         &as_live,
         app.states
-            .get(&format!("{} (shadow)", up.name), &SharedStateMode::Local),
+            .get(&shadow_state_name(&up.name), &SharedStateMode::Local),
         &states(backends, &[]),
         app.workers,
     )?;
     Ok(Box::new(policy))
+}
+
+/// The name of the state group `upstream`'s shadow policy runs on.
+pub(super) fn shadow_state_name(upstream: &str) -> String {
+    format!("{upstream} (shadow)")
 }
 
 /// `up` as its shadow policy would be loaded: the shadow's policy and

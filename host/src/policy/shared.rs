@@ -144,6 +144,13 @@ impl StateRegistry {
         state
     }
 
+    /// Forgets the state of every group `keep` says no to (upstreams a
+    /// reload removed). Policies still running on it keep it until they
+    /// end; a Redis link no group uses any more then closes.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.groups).retain(|name, _| keep(name));
+    }
+
     /// The state of upstream `name`, if it has one.
     pub fn peek(&self, name: &str) -> Option<Arc<SharedState>> {
         lock(&self.groups).get(name).map(|(_, s)| s.clone())
@@ -213,6 +220,17 @@ mod tests {
         assert_eq!(r.get("app", &local).kv_get("x"), Some(vec![7]));
         assert_eq!(r.get("other", &local).kv_get("x"), None);
         assert!(r.redis_status().is_none());
+    }
+
+    #[test]
+    fn retain_forgets_the_groups_no_longer_wanted() {
+        let r = StateRegistry::default();
+        let local = SharedStateMode::Local;
+        r.get("app", &local).kv_set("x".into(), vec![7]).unwrap();
+        r.get("gone", &local).kv_set("x".into(), vec![8]).unwrap();
+        r.retain(|name| name == "app");
+        assert!(r.peek("gone").is_none());
+        assert_eq!(r.get("app", &local).kv_get("x"), Some(vec![7]));
     }
 
     #[test]
