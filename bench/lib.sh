@@ -57,12 +57,14 @@ nginx_peer_config() {
         -e "s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" bench/configs/nginx.conf.tmpl >"$work/peer.conf"
 }
 
-# Waits until the proxy answers.
+# Waits up to 10 s until the proxy (or whatever listens on port $1)
+# answers.
 wait_ready() {
+    local p=${1:-$port}
     for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && return 0
+        curl -sf "http://127.0.0.1:$p/" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
-    echo "$0: the proxy did not start" >&2
+    echo "$0: nothing answers on port $p" >&2
     return 1
 }

@@ -34,16 +34,6 @@ rss() {
         END { printf "%6.1f %6.1f %6.1f", t / 1024, f / 1024, a / 1024 }'
 }
 
-# Waits up to 10 s for PORT to answer; gives up on the script otherwise.
-up() {
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$1/" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "$0: nothing answers on port $1" >&2
-    exit 1
-}
-
 # measure NAME PORT: idle, then after 8 s of load.
 measure() {
     local idle after
@@ -67,7 +57,7 @@ nginx_port=$(free_port)
 nginx_peer_config "$nginx_port"
 taskset -c "$last" nginx -c "$work/peer.conf" -e "$work/peer-error.log" &
 server=$!
-up "$nginx_port"
+wait_ready "$nginx_port"
 measure nginx "$nginx_port"
 
 pingora_bin="${PINGORA_BIN:-${CARGO_TARGET_DIR:-$PWD/bench/pingora/target}/release/pingora-lb-bench}"
@@ -77,7 +67,7 @@ if [[ -x "$pingora_bin" ]]; then
         --backend "127.0.0.1:$b1" --backend "127.0.0.1:$b2" --backend "127.0.0.1:$b3" \
         >"$work/pingora.log" 2>&1 &
     server=$!
-    up "$pingora_port"
+    wait_ready "$pingora_port"
     measure pingora "$pingora_port"
 fi
 

@@ -245,6 +245,27 @@ pub(crate) fn visible_at(
     seen
 }
 
+/// Ten sessions learned through the two proxies in turn (session `i` at
+/// `path(i)`): how long each took to be seen by the other, sorted. Fails
+/// past 1 s.
+pub(crate) fn crossing_times(
+    agent: &ureq::Agent,
+    one: &Proxy,
+    two: &Proxy,
+    path: impl Fn(usize) -> &'static str,
+) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..10)
+        .map(|i| {
+            let (w, r) = if i % 2 == 0 { (one, two) } else { (two, one) };
+            let path = path(i);
+            visible_at(agent, w, r, path, &format!("s{i}"), Duration::from_secs(1))
+                .unwrap_or_else(|| panic!("s{i} on {path} not seen within 1 s:\n{}", r.log()))
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 #[test]
 fn two_proxies_see_each_others_key_value_writes_within_a_second() {
     let redis = Redis::start();
@@ -253,17 +274,7 @@ fn two_proxies_see_each_others_key_value_writes_within_a_second() {
     let cfg = config(&policy, &[&a, &b, &c], Some(&redis), 64);
     let (one, two) = (Proxy::start(&cfg), Proxy::start(&cfg));
     let agent = client();
-    let mut times = Vec::new();
-    for i in 0..10 {
-        let (w, r) = if i % 2 == 0 {
-            (&one, &two)
-        } else {
-            (&two, &one)
-        };
-        let t = visible(&agent, w, r, &format!("s{i}"), Duration::from_secs(1));
-        times.push(t.unwrap_or_else(|| panic!("s{i} not seen within 1 s:\n{}", r.log())));
-    }
-    times.sort();
+    let times = crossing_times(&agent, &one, &two, |_| "/");
     crate::figures!(
         "shared-state: a key-value write seen by the other proxy after {:.0}–{:.0} ms (median {:.0} ms, 10 writes)",
         ms(times[0]),

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use crate::common::*;
-use crate::shared_state::{Redis, free_port, sessions_policy, three, turn, visible_at};
+use crate::shared_state::{
+    Redis, crossing_times, free_port, sessions_policy, three, turn, visible_at,
+};
 use crate::shared_state_tls::{Pki, tls_args};
 
 /// A port whose cluster bus port (+10000) is free too.
@@ -153,18 +155,9 @@ fn two_proxies_share_key_value_writes_and_counters_through_a_redis_cluster() {
 
     // Key-value writes cross, in both groups, both ways.
     let agent = client();
-    let mut times = Vec::new();
-    for i in 0..10 {
-        let (w, r) = if i % 2 == 0 {
-            (&one, &two)
-        } else {
-            (&two, &one)
-        };
-        let path = if i % 4 < 2 { "/app/" } else { "/shop/" };
-        let t = visible_at(&agent, w, r, path, &format!("s{i}"), Duration::from_secs(1));
-        times.push(t.unwrap_or_else(|| panic!("s{i} on {path} not seen within 1 s:\n{}", r.log())));
-    }
-    times.sort();
+    let times = crossing_times(&agent, &one, &two, |i| {
+        if i % 4 < 2 { "/app/" } else { "/shop/" }
+    });
 
     // The shared counter of each group: once each, even across the proxies.
     let mut splits = Vec::new();

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use crate::shared_state::{Redis, config_with, free_port, sessions_policy, three, visible_at};
+use crate::shared_state::{Redis, config_with, crossing_times, free_port, sessions_policy, three};
 
 /// A CA (its certificate, PEM) and a certificate for 127.0.0.1 it signed
 /// (PEM, and its key).
@@ -95,17 +95,7 @@ fn two_proxies_share_state_over_tls_with_a_private_ca() {
         Proxy::start_with(&cfg, with_ca),
     );
     let agent = client();
-    let mut times = Vec::new();
-    for i in 0..10 {
-        let (w, r) = if i % 2 == 0 {
-            (&one, &two)
-        } else {
-            (&two, &one)
-        };
-        let t = visible_at(&agent, w, r, "/", &format!("s{i}"), Duration::from_secs(1));
-        times.push(t.unwrap_or_else(|| panic!("s{i} not seen within 1 s:\n{}", r.log())));
-    }
-    times.sort();
+    let times = crossing_times(&agent, &one, &two, |_| "/");
     crate::figures!(
         "shared-state over TLS (rediss://, private CA): a key-value write seen by the other proxy after {:.0}–{:.0} ms (median {:.0} ms, 10 writes)",
         ms(times[0]),
