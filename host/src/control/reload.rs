@@ -247,6 +247,10 @@ impl Reloader {
 
     /// Reloads the config file; returns the new generation or why not.
     pub async fn reload(&mut self) -> Result<u64, String> {
+        // This reads the file as it is now: a change event for it that is
+        // still waiting out the debounce (the edit a SIGHUP follows) is
+        // covered, and would only reload the same file a second time.
+        self.pending.remove(&self.config_file);
         let result = self.try_reload().await;
         self.app.metrics.reload(result.is_ok());
         self.app.note_reload(&result);
