@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # What the Wasm boundary costs besides the call itself: the Wasm
-# round-robin, the same with the sandbox's epoch ticker moved off the
-# proxy's CPU, and the native round-robin, in interleaved rounds (one
+# round-robin and the native round-robin, in interleaved rounds (one
 # worker pinned to the last CPU, wrk and the nginx backends on the others).
 # Per request: user and kernel CPU (/proc/PID/stat), and from `perf stat`
 # on the proxy the system calls, context switches, local timer interrupts
@@ -35,16 +34,11 @@ events=raw_syscalls:sys_enter,context-switches,irq_vectors:local_timer_entry,pag
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; cleanup' EXIT
 
-# run TARGET CONFIG [TICKER_CPU]: one counted round, one line in $work/rows.
+# run TARGET CONFIG: one counted round, one line in $work/rows.
 run() {
     taskset -c "$last" "$bin" run --config "$work/$2.toml" --workers 1 >"$work/proxy.log" 2>&1 &
     server=$!
     wait_ready
-    if [ -n "${3:-}" ]; then
-        for t in /proc/"$server"/task/*; do
-            if grep -q '^switchyard-epoc' "$t/comm"; then taskset -p -c "$3" "${t##*/}" >/dev/null; fi
-        done
-    fi
     taskset -c "$others" wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null
     local before after counter
     before=$(awk '{print $14, $15}' "/proc/$server/stat")
@@ -74,7 +68,6 @@ run() {
 echo "per request: target requests user_us kernel_us total_us syscalls ctx_switches timer_irqs page_faults"
 for _ in $(seq "$rounds"); do
     run "$policy" "$policy"
-    run "$policy,ticker-moved" "$policy" 0
     run native native_round-robin
 done
 

@@ -1,6 +1,6 @@
-//! The wasmtime engine and linkers shared by every policy, the epoch ticker
-//! that enforces deadlines, and compiling a policy source into something
-//! ready to instantiate.
+//! The wasmtime engine and linkers shared by every policy (the engine is the
+//! process's one deadline-enforcing engine, [`super::cpu_clock`]), and
+//! compiling a policy source into something ready to instantiate.
 //!
 //! Compiled code is cached twice, both keyed by the component's SHA-256:
 //! in memory (a reload or a swap back to a file seen before costs nothing)
@@ -27,7 +27,6 @@ use super::builtin;
 use super::contract::Bound;
 use super::host_impl::HostState;
 use super::limits::Requested;
-use super::sandbox::Ticker;
 use crate::config::PolicySource;
 
 /// Compiled components kept in memory, by content digest.
@@ -59,7 +58,8 @@ pub struct PolicyEngine {
     linker: Arc<Linker<HostState>>,
     /// The same plus an empty WASI, for components that import WASI.
     wasi_linker: Arc<Linker<HostState>>,
-    ticker: Option<Ticker>,
+    /// Calls run under deadlines (the engine has epoch interruption).
+    deadlines: bool,
     cache: Arc<CompileCache>,
     disk: Arc<Mutex<Option<PathBuf>>>,
 }
@@ -108,7 +108,11 @@ impl PolicyEngine {
         config.cranelift_opt_level(OptLevel::Speed);
         config.parallel_compilation(true);
         config.epoch_interruption(options.deadlines);
-        let engine = Engine::new(&config)?;
+        let engine = if options.deadlines {
+            super::cpu_clock::deadline_engine(|| Engine::new(&config))?
+        } else {
+            Engine::new(&config)?
+        };
         let mut linker = Linker::new(&engine);
         // Both contracts' imports: a component binds to the one it targets.
         PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -116,19 +120,11 @@ impl PolicyEngine {
         let mut wasi_linker = linker.clone();
         wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)?;
         super::wasi::forbid_blocking(&mut wasi_linker)?;
-        let ticker =
-            if options.deadlines {
-                Some(Ticker::start(engine.clone()).map_err(|e| {
-                    wasmtime::format_err!("cannot start the epoch ticker thread: {e}")
-                })?)
-            } else {
-                None
-            };
         Ok(PolicyEngine {
             engine,
             linker: Arc::new(linker),
             wasi_linker: Arc::new(wasi_linker),
-            ticker,
+            deadlines: options.deadlines,
             cache: Arc::default(),
             disk: Arc::default(),
         })
@@ -139,9 +135,9 @@ impl PolicyEngine {
         &self.engine
     }
 
-    /// The ticker, when deadlines are enforced.
-    pub(crate) fn ticker(&self) -> Option<&Ticker> {
-        self.ticker.as_ref()
+    /// Whether calls run under deadlines.
+    pub(crate) fn deadlines(&self) -> bool {
+        self.deadlines
     }
 
     /// Where precompiled components are kept (`None`: nowhere).

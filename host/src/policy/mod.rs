@@ -13,6 +13,7 @@ mod bindings;
 pub mod builtin;
 mod contract;
 mod counter;
+mod cpu_clock;
 mod engine;
 mod fleet;
 mod health;
@@ -34,6 +35,7 @@ pub use api::{
     AttemptFailure, BackendState, CookieSpec, Decision, LoadError, Observed, Policy, PolicyFailure,
     PolicyStatus, RequestView, SameSite,
 };
+pub use cpu_clock::TICK;
 pub use engine::{Compiled, EngineOptions, PolicyEngine};
 pub use health::{PROBE_INTERVAL, WINDOW};
 pub use host_impl::{
@@ -43,5 +45,4 @@ pub use host_impl::{
 pub use limits::{Requested, SECTION as LIMITS_SECTION, Source as LimitSource};
 pub use native::RoundRobin;
 pub use plugin::WasmPolicy;
-pub use sandbox::TICK;
 pub use shared::{SharedState, StateRegistry};

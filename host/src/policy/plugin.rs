@@ -33,7 +33,6 @@ use super::health::{Health, Record};
 use super::host_impl::{HostState, LogLimiter, monotonic_ns};
 use super::limits::{self, Effective};
 use super::outcomes::{OutcomeLog, Reader};
-use super::sandbox::{Ticker, deadline_ticks};
 use super::shared::SharedState;
 use super::verdict::{classify, dead, panic_message, setup_failure};
 use super::wasi::on_runtime_worker;
@@ -81,8 +80,8 @@ struct Inner {
     ignores_outcomes: std::sync::OnceLock<bool>,
     sandbox: SandboxConfig,
     limits: Effective,
-    ticker: Option<Ticker>,
-    call_ticks: u64,
+    /// Calls run under deadlines.
+    deadlines: bool,
     loaded_at: SystemTime,
     instances: ThreadLocal<RefCell<Slot>>,
     spares: ArrayQueue<Live>,
@@ -127,12 +126,11 @@ impl Inner {
         limits::interpreted(self.compiled.wasi, self.compiled.size)
     }
 
-    /// Arms the deadline for the next guest call: `ticks` epochs from now.
-    fn set_deadline(&self, store: &mut Store<HostState>, ticks: u64) {
-        if let Some(t) = &self.ticker {
-            t.enter();
-            store.data_mut().deadline.reset();
-            store.set_epoch_deadline(ticks);
+    /// Arms the deadline for the next guest call: `limit` of CPU time.
+    fn set_deadline(&self, store: &mut Store<HostState>, limit: Duration) {
+        if self.deadlines {
+            let epochs = store.data_mut().deadline.arm(limit);
+            store.set_epoch_deadline(epochs);
         }
     }
 
@@ -155,7 +153,6 @@ impl Inner {
         limit: Duration,
     ) -> Result<Live, LoadError> {
         let what = || self.name.clone();
-        let ticks = deadline_ticks(limit);
         let timed_out = |e: &wasmtime::Error| setup_failure(e, limit);
         let mut store = Store::new(
             self.compiled.pre.engine(),
@@ -168,10 +165,10 @@ impl Inner {
         );
         store.data_mut().v02.zone = self.zone.clone();
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-        if self.ticker.is_some() {
+        if self.deadlines {
             store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().deadline.on_deadline()));
         }
-        self.set_deadline(&mut store, ticks);
+        self.set_deadline(&mut store, limit);
         let exports = self
             .compiled
             .pre
@@ -180,7 +177,7 @@ impl Inner {
                 what: what(),
                 reason: timed_out(&e),
             })?;
-        self.set_deadline(&mut store, ticks);
+        self.set_deadline(&mut store, limit);
         let members = &self.first;
         exports
             .configure(&mut store, &self.config, members)
@@ -210,9 +207,9 @@ impl Inner {
         members: &Members,
         req: &RequestView,
         states: &[BackendState],
-        ticks: u64,
+        limit: Duration,
     ) -> Result<Decision, PolicyFailure> {
-        self.set_deadline(&mut live.store, ticks);
+        self.set_deadline(&mut live.store, limit);
         let failed =
             |live: &Live, e: &wasmtime::Error| classify(e, live.store.data().memory_exceeded);
         if live.generation != members.generation {
@@ -340,7 +337,7 @@ impl Inner {
                 }
             },
         };
-        let result = self.call(live, members, req, states, self.call_ticks);
+        let result = self.call(live, members, req, states, self.sandbox.timeout);
         if dead(&result) {
             // A trapped instance cannot be entered again.
             slot.live = None;
@@ -362,7 +359,7 @@ impl Inner {
             self.refill();
             return Err(PolicyFailure::Warming);
         };
-        let result = self.call(&mut live, members, req, states, self.call_ticks);
+        let result = self.call(&mut live, members, req, states, self.sandbox.timeout);
         if dead(&result) || self.spares.push(live).is_err() {
             self.refill();
         }

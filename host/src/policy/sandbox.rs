@@ -1,206 +1,68 @@
 //! The limits a policy runs under: a deadline per call (wasmtime epoch
-//! interruption, driven by a ticker thread) and a memory cap per instance
-//! (a resource limiter on its store).
+//! interruption, advanced by each thread's CPU-time timer,
+//! [`super::cpu_clock`]) and a memory cap per instance (a resource limiter
+//! on its store).
 //!
-//! The ticker advances the engine's epoch every [`TICK`]; a call gets a
-//! deadline of enough ticks to cover its timeout. When the deadline passes
-//! the call is not stopped at once: a policy is charged for its own CPU
-//! time, not for the machine's load, so the store's [`DeadlineWatch`]
-//! samples the thread's CPU clock and gives it one more tick; only if the
-//! thread really ran for (half) that tick is the call interrupted. A call
-//! that was merely preempted finishes normally; an endless loop stops about
-//! one tick after its timeout.
-//!
-//! When no call has started for a while the ticker parks, so an idle proxy
-//! does not wake up 1,000 times a second; the next call wakes it before
-//! entering the guest.
+//! A policy is charged for its own CPU time, not for the machine's load: a
+//! call that is merely preempted finishes normally. The deadline callback
+//! runs whenever the epoch advances during a call (any thread's tick
+//! advances it). The first tick this thread receives during the call
+//! starts the count; the call is interrupted at the first tick after it has
+//! then used its timeout of CPU. Ticks come with the kernel's scheduler
+//! tick, so an endless loop stops between one and two kernel ticks after
+//! its timeout (4-8 ms at `HZ=250`, 1-2 ms at `HZ=1000`); a call that
+//! finishes within a tick is never looked at.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use thread_local::ThreadLocal;
-use wasmtime::{Engine, UpdateDeadline};
+use wasmtime::UpdateDeadline;
 
-/// How often the epoch advances.
-pub const TICK: Duration = Duration::from_millis(1);
+use super::cpu_clock;
 
-/// Ticks without any call after which the ticker parks.
-const IDLE_TICKS: u32 = 100;
-
-/// Longest a parked ticker sleeps before looking again (a safety net:
-/// `Ticker::enter` wakes it).
-const PARK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// However descheduled a call is, it is interrupted this long after its
-/// deadline first passed.
-const HARD_LIMIT: Duration = Duration::from_secs(1);
-
-/// Epoch ticks to allow a call that may run for `timeout`.
-pub fn deadline_ticks(timeout: Duration) -> u64 {
-    let tick = TICK.as_nanos();
-    (timeout.as_nanos().div_ceil(tick) as u64).max(1)
-}
-
-/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass it.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// [`DeadlineWatch`] decides, when a call's epoch deadline passes, whether
-/// the policy used up its time or the thread was only descheduled.
+/// [`DeadlineWatch`] decides, when the epoch advances during a call,
+/// whether the policy has used up its time.
 #[derive(Debug, Default)]
 pub struct DeadlineWatch {
-    cpu_at_check: Option<Duration>,
-    first_hit: Option<Instant>,
+    /// CPU time the call may use.
+    limit: Duration,
+    /// This thread's ticks when the call started; `None`: no timer.
+    ticks_at_start: Option<u64>,
+    /// This thread's CPU time at the first tick during the call.
+    cpu_at_first_tick: Option<Duration>,
 }
 
 impl DeadlineWatch {
-    /// Forgets the previous call; done before every call.
-    pub fn reset(&mut self) {
-        self.cpu_at_check = None;
-        self.first_hit = None;
+    /// Prepares for a call that may use `limit` of CPU time; returns the
+    /// epoch deadline to set (ticks beyond the current epoch). On a thread
+    /// without a timer nothing could stop the call, so it is refused at
+    /// its first instruction (deadline 0: interrupted as a timeout).
+    pub fn arm(&mut self, limit: Duration) -> u64 {
+        self.limit = limit;
+        self.cpu_at_first_tick = None;
+        self.ticks_at_start = cpu_clock::arm();
+        u64::from(self.ticks_at_start.is_some())
     }
 
-    /// Called by wasmtime when the deadline passes.
+    /// Called by wasmtime when the epoch passes the deadline.
     pub fn on_deadline(&mut self) -> UpdateDeadline {
-        let cpu = thread_cpu_time();
-        match self.cpu_at_check {
+        let Some(start) = self.ticks_at_start else {
+            return UpdateDeadline::Interrupt;
+        };
+        // Another thread's tick: this one has not been charged yet.
+        if cpu_clock::ticks() == start {
+            return UpdateDeadline::Continue(1);
+        }
+        let Some(now) = cpu_clock::thread_cpu_time() else {
+            return UpdateDeadline::Interrupt;
+        };
+        match self.cpu_at_first_tick {
             None => {
-                self.cpu_at_check = Some(cpu);
-                self.first_hit = Some(Instant::now());
+                self.cpu_at_first_tick = Some(now);
                 UpdateDeadline::Continue(1)
             }
-            Some(before) => {
-                let ran = cpu.saturating_sub(before);
-                let waited = self.first_hit.map_or(Duration::ZERO, |t| t.elapsed());
-                if ran >= TICK / 2 || waited >= HARD_LIMIT {
-                    UpdateDeadline::Interrupt
-                } else {
-                    self.cpu_at_check = Some(cpu);
-                    UpdateDeadline::Continue(1)
-                }
-            }
+            Some(first) if now.saturating_sub(first) >= self.limit => UpdateDeadline::Interrupt,
+            Some(_) => UpdateDeadline::Continue(1),
         }
-    }
-}
-
-#[derive(Default)]
-#[repr(align(64))]
-struct Padded(AtomicU64);
-
-struct State {
-    /// Calls started, one counter per thread (no shared cache line).
-    activity: ThreadLocal<Padded>,
-    parked: AtomicBool,
-    stop: AtomicBool,
-    /// Epoch increments so far.
-    ticks: AtomicU64,
-    thread: std::sync::OnceLock<Thread>,
-}
-
-/// [`Ticker`] drives epoch interruption for one engine. Dropping the last
-/// clone stops its thread.
-#[derive(Clone)]
-pub struct Ticker {
-    state: Arc<State>,
-    _stop: Arc<StopOnDrop>,
-}
-
-struct StopOnDrop(Arc<State>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.0.thread.get() {
-            t.unpark();
-        }
-    }
-}
-
-impl Ticker {
-    /// Starts the ticker thread for `engine`.
-    pub fn start(engine: Engine) -> std::io::Result<Ticker> {
-        let state = Arc::new(State {
-            activity: ThreadLocal::new(),
-            parked: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            ticks: AtomicU64::new(0),
-            thread: std::sync::OnceLock::new(),
-        });
-        let s = state.clone();
-        let handle = thread::Builder::new()
-            .name("switchyard-epoch".into())
-            .spawn(move || run(engine, s))?;
-        let _ = state.thread.set(handle.thread().clone());
-        Ok(Ticker {
-            _stop: Arc::new(StopOnDrop(state.clone())),
-            state,
-        })
-    }
-
-    /// Called before every entry into a guest: counts the call and wakes a
-    /// parked ticker, so the deadline about to be set will be enforced.
-    pub fn enter(&self) {
-        let s = &*self.state;
-        s.activity.get_or_default().0.fetch_add(1, Ordering::SeqCst);
-        if s.parked.load(Ordering::SeqCst)
-            && s.parked.swap(false, Ordering::SeqCst)
-            && let Some(t) = s.thread.get()
-        {
-            t.unpark();
-        }
-    }
-}
-
-fn total(s: &State) -> u64 {
-    s.activity
-        .iter()
-        .map(|p| p.0.load(Ordering::SeqCst))
-        .fold(0, u64::wrapping_add)
-}
-
-fn run(engine: Engine, s: Arc<State>) {
-    // The ticker keeps the default priority on purpose: at nice 19 a busy
-    // machine ran it tens of milliseconds late, and an endless loop with it.
-    let mut last = total(&s);
-    let mut idle = 0;
-    while !s.stop.load(Ordering::SeqCst) {
-        thread::sleep(TICK);
-        engine.increment_epoch();
-        s.ticks.fetch_add(1, Ordering::Relaxed);
-        let now = total(&s);
-        if now != last {
-            last = now;
-            idle = 0;
-            continue;
-        }
-        idle += 1;
-        if idle < IDLE_TICKS {
-            continue;
-        }
-        // Park, unless a call started between the count and the flag
-        // (`enter` bumps its counter before it looks at the flag).
-        s.parked.store(true, Ordering::SeqCst);
-        if total(&s) != last || s.stop.load(Ordering::SeqCst) {
-            s.parked.store(false, Ordering::SeqCst);
-            continue;
-        }
-        // The timeout is only a safety net; `enter` unparks. `idle` keeps
-        // its count: if nothing ran meanwhile, the next tick parks again
-        // (an idle proxy wakes once per PARK_TIMEOUT, not 100 times).
-        thread::park_timeout(PARK_TIMEOUT);
-        s.parked.store(false, Ordering::SeqCst);
     }
 }
 
@@ -208,57 +70,72 @@ fn run(engine: Engine, s: Arc<State>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_deadline_covers_the_timeout() {
-        assert_eq!(deadline_ticks(Duration::from_millis(1)), 1);
-        assert_eq!(deadline_ticks(Duration::from_micros(1)), 1);
-        assert_eq!(deadline_ticks(Duration::from_millis(10)), 10);
+    fn engine() {
+        cpu_clock::deadline_engine(|| {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(true);
+            wasmtime::Engine::new(&config)
+        })
+        .unwrap();
     }
 
-    #[test]
-    fn a_busy_thread_is_interrupted_one_tick_after_its_deadline() {
-        let mut w = DeadlineWatch::default();
-        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
-        // Spin until this thread has really run for a tick (however busy
-        // the machine, so the test does not depend on its speed).
-        let start = thread_cpu_time();
-        while thread_cpu_time().saturating_sub(start) < TICK {
+    /// Spins until this thread has used `cpu`.
+    fn spin(cpu: Duration) {
+        let start = cpu_clock::thread_cpu_time().unwrap();
+        while cpu_clock::thread_cpu_time().unwrap() - start < cpu {
             std::hint::spin_loop();
         }
-        assert!(matches!(w.on_deadline(), UpdateDeadline::Interrupt));
     }
 
-    #[test]
-    fn a_descheduled_thread_gets_more_time() {
-        let mut w = DeadlineWatch::default();
-        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
-        // Sleeping stands in for being preempted: wall time passes, CPU does not.
-        thread::sleep(TICK * 2);
-        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
-        w.reset();
-        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
-    }
-
-    #[test]
-    fn the_ticker_parks_when_idle_and_wakes_on_entry() {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).unwrap();
-        let ticker = Ticker::start(engine).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !ticker.state.parked.load(Ordering::SeqCst) {
-            assert!(std::time::Instant::now() < deadline, "ticker never parked");
-            thread::sleep(Duration::from_millis(10));
+    /// Calls `on_deadline` until it interrupts, as the epoch checks of a
+    /// spinning guest would; returns the CPU time that took.
+    fn spin_until_interrupted(w: &mut DeadlineWatch) -> Duration {
+        let start = cpu_clock::thread_cpu_time().unwrap();
+        loop {
+            let seen = cpu_clock::ticks();
+            while cpu_clock::ticks() == seen {
+                std::hint::spin_loop();
+            }
+            if let UpdateDeadline::Interrupt = w.on_deadline() {
+                return cpu_clock::thread_cpu_time().unwrap() - start;
+            }
         }
-        // Parked, it stays parked, past its safety-net wake-up: one tick
-        // per PARK_TIMEOUT while nothing runs.
-        let ticks = ticker.state.ticks.load(Ordering::Relaxed);
-        thread::sleep(PARK_TIMEOUT + Duration::from_millis(300));
-        let idle_ticks = ticker.state.ticks.load(Ordering::Relaxed) - ticks;
-        assert!(idle_ticks <= 3, "an idle ticker ticked {idle_ticks} times");
-        ticker.enter();
-        assert!(!ticker.state.parked.load(Ordering::SeqCst));
-        thread::sleep(Duration::from_millis(20));
-        assert!(ticker.state.ticks.load(Ordering::Relaxed) - ticks > idle_ticks);
+    }
+
+    #[test]
+    fn a_busy_call_is_interrupted_after_its_limit_of_cpu() {
+        engine();
+        std::thread::spawn(|| {
+            let mut w = DeadlineWatch::default();
+            assert_eq!(w.arm(Duration::from_millis(20)), 1);
+            let used = spin_until_interrupted(&mut w);
+            assert!(used >= Duration::from_millis(20), "{used:?}");
+            assert!(used < Duration::from_millis(200), "{used:?}");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_descheduled_call_or_another_threads_tick_is_not_charged() {
+        engine();
+        std::thread::spawn(|| {
+            let mut w = DeadlineWatch::default();
+            w.arm(Duration::from_millis(1));
+            // Other threads' ticks: this thread's count has not moved.
+            for _ in 0..100 {
+                assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
+            }
+            // Sleeping stands in for being preempted: wall time passes,
+            // CPU does not, and no tick comes.
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
+            // A new call starts from nothing.
+            spin(Duration::from_millis(10));
+            w.arm(Duration::from_millis(1));
+            assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(1)));
+        })
+        .join()
+        .unwrap();
     }
 }

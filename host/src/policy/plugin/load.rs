@@ -18,7 +18,6 @@ use crate::policy::health::Health;
 use crate::policy::host_impl::LogLimiter;
 use crate::policy::limits::{self, effective};
 use crate::policy::outcomes::OutcomeLog;
-use crate::policy::sandbox::{Ticker, deadline_ticks};
 use crate::policy::shared::SharedState;
 
 impl WasmPolicy {
@@ -38,12 +37,18 @@ impl WasmPolicy {
         states: &[BackendState],
         workers: usize,
     ) -> Result<WasmPolicy, LoadError> {
-        let ticker = engine.ticker().cloned();
-        WasmPolicy::load_on(ticker, compiled, upstream, shared, states, workers)
+        WasmPolicy::load_on(
+            engine.deadlines(),
+            compiled,
+            upstream,
+            shared,
+            states,
+            workers,
+        )
     }
 
     fn load_on(
-        ticker: Option<Ticker>,
+        deadlines: bool,
         compiled: Compiled,
         upstream: &UpstreamConfig,
         shared: Arc<SharedState>,
@@ -71,8 +76,7 @@ impl WasmPolicy {
             ignores_outcomes: std::sync::OnceLock::new(),
             sandbox,
             limits,
-            ticker,
-            call_ticks: deadline_ticks(sandbox.timeout),
+            deadlines,
             loaded_at: SystemTime::now(),
             instances: ThreadLocal::new(),
             spares: ArrayQueue::new(workers.max(1) + SPARES),
@@ -133,14 +137,7 @@ impl WasmPolicy {
         let i = &self.inner;
         let workers = i.spares.capacity() - SPARES;
         let (compiled, shared) = (i.compiled.clone(), i.shared.clone());
-        WasmPolicy::load_on(
-            i.ticker.clone(),
-            compiled,
-            upstream,
-            shared,
-            states,
-            workers,
-        )
+        WasmPolicy::load_on(i.deadlines, compiled, upstream, shared, states, workers)
     }
 
     /// Where the policy came from.
@@ -154,7 +151,7 @@ impl Inner {
     /// `GET /` with `states`, the second within the deadline, for
     /// `members` (after an `update` to them, when they are not the first).
     fn dry_run(&self, states: &[BackendState], members: &Members) -> Result<(), LoadError> {
-        let first = deadline_ticks(FIRST_LOAD_DEADLINE);
+        let first = FIRST_LOAD_DEADLINE;
         let mut live = self.instantiate(Arc::new(self.shared.snapshot()), FIRST_LOAD_DEADLINE)?;
         let what = || self.name.clone();
         let _ = self
@@ -189,10 +186,10 @@ impl Inner {
         let mut req = RequestView::placeholder();
         req.parts.uri = http::Uri::from_static("/");
         req.attempt = 1;
-        for ticks in [first, self.call_ticks] {
-            if let Err(failure) = self.call(&mut live, members, &req, states, ticks) {
+        for limit in [first, self.sandbox.timeout] {
+            if let Err(failure) = self.call(&mut live, members, &req, states, limit) {
                 let reason = match failure {
-                    PolicyFailure::Timeout if ticks == self.call_ticks => format!(
+                    PolicyFailure::Timeout if limit == self.sandbox.timeout => format!(
                         "ran past policy-timeout ({:?}) on its second call",
                         self.sandbox.timeout
                     ),
