@@ -13,8 +13,9 @@
 //!
 //! This replaced a ticker thread that advanced the epoch every millisecond
 //! of wall time: on a VM, where arming a timer and switching threads exit
-//! to the hypervisor, its thousand wakeups a second cost 3.5% of the CPU
-//! per request (`bench/pair.sh`, BENCHMARKS.md).
+//! to the hypervisor, its thousand wakeups a second cost 3.4% of the CPU
+//! per request (the two builds side by side in `bench/pair.sh`,
+//! BENCHMARKS.md).
 
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
