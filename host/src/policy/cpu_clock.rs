@@ -205,13 +205,13 @@ fn create_timer(signal: libc::c_int) -> std::io::Result<usize> {
 mod tests {
     use super::*;
 
+    /// The process's engine, made as the proxy makes it (whichever test
+    /// comes first, every later one gets the same configuration).
     fn engine() -> Engine {
-        deadline_engine(|| {
-            let mut config = wasmtime::Config::new();
-            config.epoch_interruption(true);
-            Engine::new(&config)
-        })
-        .unwrap()
+        super::super::engine::PolicyEngine::new()
+            .unwrap()
+            .engine()
+            .clone()
     }
 
     /// Spins until this thread has used `cpu` of CPU time.

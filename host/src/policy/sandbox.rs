@@ -70,13 +70,9 @@ impl DeadlineWatch {
 mod tests {
     use super::*;
 
+    /// The process's deadline engine, made as the proxy makes it.
     fn engine() {
-        cpu_clock::deadline_engine(|| {
-            let mut config = wasmtime::Config::new();
-            config.epoch_interruption(true);
-            wasmtime::Engine::new(&config)
-        })
-        .unwrap();
+        super::super::engine::PolicyEngine::new().unwrap();
     }
 
     /// Spins until this thread has used `cpu`.
