@@ -145,6 +145,29 @@ fn a_component_that_does_not_implement_the_world_is_refused() {
 }
 
 #[test]
+fn a_policy_that_loops_in_its_first_call_is_refused_for_that_call() {
+    // The dry run's first call has the 2 s first-load deadline, its second
+    // `policy-timeout`. With the two equal, a first call that runs past its
+    // deadline is still reported as the first call, not the second.
+    let config = GOOD
+        .replace("\"weighted\"", "\"loops.wasm\"\npolicy-timeout = \"2s\"")
+        .replace(
+            "[upstreams.app.policy-config]\ncookie = \"sy-backend\"\n",
+            "",
+        );
+    let (ok, text, path) = check_with(&config, |d| {
+        d.write("loops.wasm", crate::fixtures::always_loops());
+    });
+    assert!(!ok, "check accepted a policy that loops:\n{text}");
+    assert!(
+        text.contains(&format!("{path}:5:")),
+        "no {path}:5: in:\n{text}"
+    );
+    assert!(text.contains("ran past its deadline"), "{text}");
+    assert!(!text.contains("second call"), "{text}");
+}
+
+#[test]
 fn a_policy_that_refuses_its_config_is_refused_with_its_message() {
     let config = GOOD.replace("\"weighted\"", "\"sticky-session\"").replace(
         "cookie = \"sy-backend\"",

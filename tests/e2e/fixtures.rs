@@ -139,6 +139,15 @@ pub fn hostile(h: Hostile) -> Vec<u8> {
     componentize(&module("(i32.const 64)", h.body()))
 }
 
+/// A component that loops on every path, `/` too, so it never passes the
+/// dry run.
+pub fn always_loops() -> Vec<u8> {
+    let wat = module("(i32.const 64)", Hostile::Loop.body());
+    let guard = "(i32.gt_u (i32.load (i32.const 260)) (i32.const 1))";
+    assert_eq!(wat.matches(guard).count(), 1);
+    componentize(&wat.replace(guard, "(i32.const 1)"))
+}
+
 /// A component whose config step traps.
 pub fn config_trap() -> Vec<u8> {
     componentize(&module("(unreachable)", "(unreachable)"))

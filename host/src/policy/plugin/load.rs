@@ -151,7 +151,6 @@ impl Inner {
     /// `GET /` with `states`, the second within the deadline, for
     /// `members` (after an `update` to them, when they are not the first).
     fn dry_run(&self, states: &[BackendState], members: &Members) -> Result<(), LoadError> {
-        let first = FIRST_LOAD_DEADLINE;
         let mut live = self.instantiate(Arc::new(self.shared.snapshot()), FIRST_LOAD_DEADLINE)?;
         let what = || self.name.clone();
         let _ = self
@@ -167,7 +166,7 @@ impl Inner {
                 .collect(),
         );
         if live.generation != members.generation {
-            self.set_deadline(&mut live.store, first);
+            self.set_deadline(&mut live.store, FIRST_LOAD_DEADLINE);
             let refused = |reason| LoadError::DryRun {
                 what: what(),
                 reason,
@@ -186,10 +185,10 @@ impl Inner {
         let mut req = RequestView::placeholder();
         req.parts.uri = http::Uri::from_static("/");
         req.attempt = 1;
-        for limit in [first, self.sandbox.timeout] {
+        for (second, limit) in [(false, FIRST_LOAD_DEADLINE), (true, self.sandbox.timeout)] {
             if let Err(failure) = self.call(&mut live, members, &req, states, limit) {
                 let reason = match failure {
-                    PolicyFailure::Timeout if limit == self.sandbox.timeout => format!(
+                    PolicyFailure::Timeout if second => format!(
                         "ran past policy-timeout ({:?}) on its second call",
                         self.sandbox.timeout
                     ),
