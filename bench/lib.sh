@@ -41,10 +41,11 @@ start_backends() {
     backends_pid=$!
 }
 
-# Writes $work/proxy.toml for policy $1 (HTTP/1.1 on $port only) and
-# compiles the policy into the cache, so the proxy starts warm.
+# Writes $work/proxy.toml for policy $1 (a built-in's name, native:NAME or
+# a component's path; HTTP/1.1 on $port only) and compiles the policy into
+# the cache, so the proxy starts warm.
 proxy_config() {
-    sed -e "s/POLICY/$1/; s/{port}/$port/; s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" \
+    sed -e "s|POLICY|$1|; s/{port}/$port/; s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" \
         -e 's/, "127.0.0.1:{h2port}"//' bench/configs/switchyard.toml.tmpl >"$work/proxy.toml"
     "$bin" check --config "$work/proxy.toml" >/dev/null
 }

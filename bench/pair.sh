@@ -15,6 +15,8 @@
 #   bench/pair.sh weighted native:round-robin      # any two policies
 #   A_BIN=old/switchyard bench/pair.sh round-robin round-robin   # two builds
 #   A_ENV="SWITCHYARD_LOG=warn" bench/pair.sh      # environment for A only
+#   B_EXTRA=$'shared-state = "redis"\n[state]\nredis = "redis://127.0.0.1:6379"' \
+#       bench/pair.sh round-robin round-robin      # TOML appended to B's config
 #   ROUNDS=10 SECONDS_LOADED=4 bench/pair.sh
 #
 # Needs wrk, nginx, curl, taskset (apt: wrk nginx-light).
@@ -41,15 +43,17 @@ start() {
     started_port=$(free_port)
     proxy_config "$3"
     sed "s/127.0.0.1:$port\"/127.0.0.1:$started_port\"/" "$work/proxy.toml" >"$work/$1.toml"
+    # Lines for the upstream (the template's last table), then any tables.
+    printf '%s\n' "${5:-}" >>"$work/$1.toml"
     # shellcheck disable=SC2086 # ENV is a list of NAME=VALUE words
     env ${4:-} taskset -c "$last" "$2" run --config "$work/$1.toml" --workers 1 \
         >"$work/$1.log" 2>&1 &
     pids+=($!)
     wait_ready "$started_port"
 }
-start a "$bin_a" "$policy_a" "${A_ENV:-}"
+start a "$bin_a" "$policy_a" "${A_ENV:-}" "${A_EXTRA:-}"
 port_a=$started_port
-start b "$bin_b" "$policy_b" "${B_ENV:-}"
+start b "$bin_b" "$policy_b" "${B_ENV:-}" "${B_EXTRA:-}"
 port_b=$started_port
 pid_a=${pids[0]} pid_b=${pids[1]}
 ticks=$(getconf CLK_TCK)
@@ -71,8 +75,8 @@ wrk_to() {
     taskset -c "$others" wrk -t1 -c32 -d"$2s" "http://127.0.0.1:$p/" >"$work/w$1.txt"
 }
 
-echo "A: $policy_a ($bin_a${A_ENV:+, $A_ENV})"
-echo "B: $policy_b ($bin_b${B_ENV:+, $B_ENV})"
+echo "A: $policy_a ($bin_a${A_ENV:+, $A_ENV}${A_EXTRA:+, ${A_EXTRA//$'\n'/; }})"
+echo "B: $policy_b ($bin_b${B_ENV:+, $B_ENV}${B_EXTRA:+, ${B_EXTRA//$'\n'/; }})"
 load 2 a
 for r in $(seq "$rounds"); do
     a0=$(cpu "$pid_a") b0=$(cpu "$pid_b")
