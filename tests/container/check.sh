@@ -107,7 +107,10 @@ for _ in $(seq 50); do
     if out=$(curl -fsS "http://127.0.0.1:$pport/" 2>/dev/null); then ok=1; break; fi
     sleep 0.2
 done
-[ -n "$ok" ] || fail "no answer through the containerized proxy"
+if [ -z "$ok" ]; then
+    if [ "$how" = runc ]; then cat "$work/runc.log" >&2; else podman logs sy-check >&2 || true; fi
+    fail "no answer through the containerized proxy"
+fi
 [ "$out" = "hello from the backend" ] || fail "unexpected answer: $out"
 pid=$(pgrep -f "switchyard run --config /etc/switchyard/switchyard.toml" | head -1)
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")

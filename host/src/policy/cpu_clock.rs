@@ -179,7 +179,11 @@ fn create_timer(signal: libc::c_int) -> std::io::Result<usize> {
         let mut event: libc::sigevent = std::mem::zeroed();
         event.sigev_notify = libc::SIGEV_THREAD_ID;
         event.sigev_signo = signal;
-        event.sigev_notify_thread_id = libc::gettid();
+        // The system call, not glibc's `gettid`: in the static binary of
+        // the container image (fat LTO, glibc linked statically) that
+        // symbol ended up a weak reference nothing defined, and the proxy
+        // jumped to address 0 when it made its first timer, at start.
+        event.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as libc::pid_t;
         let mut id: libc::timer_t = std::ptr::null_mut();
         if libc::timer_create(libc::CLOCK_THREAD_CPUTIME_ID, &mut event, &mut id) != 0 {
             return Err(std::io::Error::last_os_error());
