@@ -352,7 +352,7 @@ fn a_cached_python_policy_loads_far_faster_than_a_cold_one() {
         &[&s1, &c1, &s2],
         &format!("cache-dir = \"{}\"", cache.path().display()),
     );
-    let first = Proxy::start(&config);
+    let first = Proxy::start_cold(&config);
     let cold = load_ms(&first.log());
     drop(first);
     let second = Proxy::start(&config);
@@ -377,7 +377,7 @@ fn a_cached_python_policy_loads_far_faster_than_a_cold_one() {
             std::fs::write(&path, bytes).unwrap();
         }
     }
-    let third = Proxy::start(&config);
+    let third = Proxy::start_cold(&config);
     assert!(
         third.log().contains("ignoring corrupt policy cache entry"),
         "{}",
