@@ -46,17 +46,6 @@ static LEARNER: LazyLock<(TempDir, PathBuf)> = LazyLock::new(|| {
     )
     .unwrap();
     let wasm = componentize_py(dir.path(), &repo().join("wit"), "adaptive-policy");
-    // Compiled into the run's cache once, here, rather than by each test's
-    // proxy at the same time.
-    let text = config(&wasm, &[], "", "")
-        .replace("{port}", "0")
-        .replace("{admin}", "0")
-        .replace(
-            "backends = []",
-            "backends = [{ name = \"a\", address = \"127.0.0.1:9\" }]",
-        );
-    let (ok, out, _) = check_with(&text, |_| {});
-    assert!(ok, "{out}");
     (dir, wasm)
 });
 

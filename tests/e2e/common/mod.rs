@@ -580,14 +580,17 @@ const INTERPRETED: u64 = 4 << 20;
 /// start limit measures its start rather than a cold compile (as a deploy
 /// would run `check` before `run`). A config with a `cache-dir` of its own
 /// is left alone: it is about that cache. What `check` says is not judged
-/// here; `run` says it again.
+/// here; `run` says it again. One at a time: tests that start proxies on
+/// the same policy at once compile it once, the others find it cached.
 fn precompile_interpreted(config: &Path, text: &str) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let dir = config.parent().unwrap_or(Path::new("."));
     let interpreted = text
         .split('"')
         .filter(|s| s.ends_with(".wasm"))
         .any(|s| std::fs::metadata(dir.join(s)).is_ok_and(|m| m.len() > INTERPRETED));
     if interpreted && !text.contains("cache-dir") {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         check_config(config);
     }
 }
