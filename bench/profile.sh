@@ -10,7 +10,9 @@
 #
 # Needs perf, wrk, nginx (apt: linux-perf wrk nginx-light) and permission to
 # profile (root, or kernel.perf_event_paranoid <= 1). Writes perf.data to a
-# temp dir; BENCH_KEEP=1 keeps it for `perf report -i`.
+# temp dir; BENCH_KEEP=1 keeps it for `perf report -i`. The default frame-
+# pointer call graphs lose the caller of leaf functions such as memcpy;
+# PERF_CALL_GRAPH="--call-graph=dwarf,16384" keeps them (a larger file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 policy=${1:-round-robin}
@@ -39,7 +41,7 @@ wait_ready
 taskset -c "$others" wrk -t1 -c64 -d$((seconds + 3))s "http://127.0.0.1:$port/" >"$work/wrk.txt" &
 loadgen=$!
 sleep 2
-perf record -q -g -p "$proxy" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null
+perf record -q ${PERF_CALL_GRAPH:--g} -p "$proxy" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null
 wait "$loadgen"
 grep -E 'Requests/sec|Latency ' "$work/wrk.txt"
 
