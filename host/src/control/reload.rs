@@ -25,6 +25,7 @@ use super::admin::{self, AdminContext, AdminServer, ReloadRequest};
 use super::app::App;
 use super::dns::{self, Found};
 use super::runtime::{self, Built};
+use super::startup_pages;
 use super::watch::{Changed, FileWatcher};
 use crate::config::Config;
 use crate::edge::{ListenerSpec, Listeners};
@@ -102,7 +103,17 @@ impl Reloader {
         if let Some(config) = &runtime.config.admin {
             reloader.admin = Some(admin::start(config, reloader.admin_context()).await?);
         }
+        reloader.give_back_pages("start");
         Ok(reloader)
+    }
+
+    /// Gives back the binary's pages that starting, a reload or a swap
+    /// touched and serving does not use, off the runtime's threads, if the
+    /// config wants it.
+    fn give_back_pages(&self, when: &'static str) {
+        if self.proxy.runtime().config.release_startup_pages {
+            tokio::task::spawn_blocking(move || startup_pages::release_and_log(when));
+        }
     }
 
     fn admin_context(&self) -> AdminContext {
@@ -209,6 +220,7 @@ impl Reloader {
                         path.display()
                     );
                     self.app.note_swap(&swap.upstream, None);
+                    self.give_back_pages("a policy swap");
                 }
                 Err(e) => {
                     let why = format!(
@@ -255,7 +267,10 @@ impl Reloader {
         self.app.metrics.reload(result.is_ok());
         self.app.note_reload(&result);
         match &result {
-            Ok(generation) => tracing::info!("configuration reloaded (generation {generation})"),
+            Ok(generation) => {
+                tracing::info!("configuration reloaded (generation {generation})");
+                self.give_back_pages("a reload");
+            }
             Err(e) => tracing::warn!(
                 "configuration {} refused, the running one stays in service:\n{e}",
                 self.config_file.display()
