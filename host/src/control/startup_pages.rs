@@ -5,10 +5,13 @@
 //! constants. Starting touches ~11 MiB of them and the kernel keeps them
 //! mapped, though serving uses ~4 MiB (BENCHMARKS.md, "Memory"). Once the
 //! listeners are up, and after each reload or policy swap (which may
-//! compile), the executable's clean mappings are handed back with
-//! `MADV_PAGEOUT`: the kernel reclaims the pages only this process maps,
-//! and the request path faults back in what it uses. A mapping holding
-//! private pages (the relocated read-only data, `.data`) is left alone.
+//! compile), the executable's clean mappings are handed back:
+//! `MADV_PAGEOUT` has the kernel reclaim the pages only this process maps,
+//! then `MADV_DONTNEED` unmaps the ones another process (another proxy
+//! from the same binary) also maps, which stay in the page cache. The
+//! request path faults back in what it uses. A mapping holding private
+//! pages (the relocated read-only data, `.data`) is left alone: only there
+//! could dropping a page lose what was written to it.
 //! `[server] release-startup-pages = false` turns it off.
 
 use std::io;
@@ -40,17 +43,24 @@ pub fn release() -> io::Result<Released> {
         resident: 0,
     };
     for m in clean_mappings(&smaps, inode) {
-        // SAFETY: the range is a whole mapping of this process's own
-        // executable with no private pages, so paging it out loses nothing:
-        // every page is read back from the file on its next use.
-        let r = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_PAGEOUT) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Reclaim first; a kernel without it (before 5.4) still unmaps.
+        let _ = advise(&m, libc::MADV_PAGEOUT);
+        advise(&m, libc::MADV_DONTNEED)?;
         released.mappings += 1;
         released.resident += m.rss;
     }
     Ok(released)
+}
+
+fn advise(m: &Clean, advice: libc::c_int) -> io::Result<()> {
+    // SAFETY: the range is a whole mapping of this process's own
+    // executable that is not writable and holds no private page, so
+    // neither advice loses anything: every page is read back from the
+    // file on its next use.
+    match unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, advice) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// Releases, and says what it did in the log.
