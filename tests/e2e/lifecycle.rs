@@ -182,15 +182,6 @@ fn code_only_starting_used_is_given_back_once_serving() {
     eprintln!(
         "file-backed resident memory: binary {before:.1} MiB after start, all {file:.1} MiB serving"
     );
-    // A reload (which compiles what changed) gives back again.
-    proxy.signal("HUP");
-    assert!(
-        wait_for(Duration::from_secs(10), || given_back(&proxy, "a reload")
-            .is_some()),
-        "{}",
-        proxy.log()
-    );
-    assert_eq!(get(&agent, &proxy.url("/")).body, "a");
 
     // Turned off, nothing is given back.
     let kept = Proxy::start(

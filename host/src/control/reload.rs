@@ -103,17 +103,12 @@ impl Reloader {
         if let Some(config) = &runtime.config.admin {
             reloader.admin = Some(admin::start(config, reloader.admin_context()).await?);
         }
-        reloader.give_back_pages("start");
-        Ok(reloader)
-    }
-
-    /// Gives back the binary's pages that starting, a reload or a swap
-    /// touched and serving does not use, off the runtime's threads, if the
-    /// config wants it.
-    fn give_back_pages(&self, when: &'static str) {
-        if self.proxy.runtime().config.release_startup_pages {
-            tokio::task::spawn_blocking(move || startup_pages::release_and_log(when));
+        // Once, now: after a reload or a swap the request path would fault
+        // its pages back in while it serves, so what a compile touched stays.
+        if runtime.config.release_startup_pages {
+            tokio::task::spawn_blocking(|| startup_pages::release_and_log("start"));
         }
+        Ok(reloader)
     }
 
     fn admin_context(&self) -> AdminContext {
@@ -220,7 +215,6 @@ impl Reloader {
                         path.display()
                     );
                     self.app.note_swap(&swap.upstream, None);
-                    self.give_back_pages("a policy swap");
                 }
                 Err(e) => {
                     let why = format!(
@@ -267,10 +261,7 @@ impl Reloader {
         self.app.metrics.reload(result.is_ok());
         self.app.note_reload(&result);
         match &result {
-            Ok(generation) => {
-                tracing::info!("configuration reloaded (generation {generation})");
-                self.give_back_pages("a reload");
-            }
+            Ok(generation) => tracing::info!("configuration reloaded (generation {generation})"),
             Err(e) => tracing::warn!(
                 "configuration {} refused, the running one stays in service:\n{e}",
                 self.config_file.display()

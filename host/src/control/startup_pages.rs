@@ -4,14 +4,15 @@
 //! TLS, Redis, DNS and OCI clients, the config checker) and ~7 MB of
 //! constants. Starting touches ~11 MiB of them and the kernel keeps them
 //! mapped, though serving uses ~4 MiB (BENCHMARKS.md, "Memory"). Once the
-//! listeners are up, and after each reload or policy swap (which may
-//! compile), the executable's clean mappings are handed back:
+//! listeners are up the executable's clean mappings are handed back:
 //! `MADV_PAGEOUT` has the kernel reclaim the pages only this process maps,
 //! then `MADV_DONTNEED` unmaps the ones another process (another proxy
 //! from the same binary) also maps, which stay in the page cache. The
 //! request path faults back in what it uses. A mapping holding private
 //! pages (the relocated read-only data, `.data`) is left alone: only there
-//! could dropping a page lose what was written to it.
+//! could dropping a page lose what was written to it. It is done once: a
+//! reload or a swap that compiles leaves the compiler's pages mapped, as
+//! giving back then would fault the request path in again while it serves.
 //! `[server] release-startup-pages = false` turns it off.
 
 use std::io;
