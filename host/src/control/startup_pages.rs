@@ -4,12 +4,15 @@
 //! TLS, Redis, DNS and OCI clients, the config checker) and ~7 MB of
 //! constants. Starting touches ~11 MiB of them and the kernel keeps them
 //! mapped, though serving uses ~4 MiB (BENCHMARKS.md, "Memory"). Once the
-//! listeners are up the executable's clean mappings are handed back:
-//! `MADV_PAGEOUT` has the kernel reclaim the pages only this process maps,
-//! then `MADV_DONTNEED` unmaps the ones another process (another proxy
-//! from the same binary) also maps, which stay in the page cache. The
-//! request path faults back in what it uses. A mapping holding private
-//! pages (the relocated read-only data, `.data`) is left alone: only there
+//! listeners are up the executable's clean mappings are unmapped with
+//! `MADV_DONTNEED`: the pages stay in the page cache, where the kernel
+//! reclaims them first when memory is short, and the request path faults
+//! back in what it uses from there. (`MADV_PAGEOUT` would reclaim them at
+//! once, but it also evicts pages another proxy from the same binary
+//! still uses; with it, a reload test of the suite, which runs many
+//! proxies at once, failed in two clean-clone runs of two.) A mapping
+//! holding private pages (the relocated read-only data, `.data`) is left
+//! alone: only there
 //! could dropping a page lose what was written to it. It is done once: a
 //! reload or a swap that compiles leaves the compiler's pages mapped, as
 //! giving back then would fault the request path in again while it serves.
@@ -44,8 +47,6 @@ pub fn release() -> io::Result<Released> {
         resident: 0,
     };
     for m in clean_mappings(&smaps, inode) {
-        // Reclaim first; a kernel without it (before 5.4) still unmaps.
-        let _ = advise(&m, libc::MADV_PAGEOUT);
         advise(&m, libc::MADV_DONTNEED)?;
         released.mappings += 1;
         released.resident += m.rss;
@@ -186,7 +187,7 @@ Anonymous:            16 kB
     #[test]
     fn releasing_this_test_binarys_pages_loses_nothing() {
         let before = clean_mappings(SMAPS, 4242);
-        let released = release().expect("madvise(MADV_PAGEOUT)");
+        let released = release().expect("madvise(MADV_DONTNEED)");
         assert!(released.mappings >= 1, "{released:?}");
         // Code and constants paged out are read back from the file.
         assert_eq!(clean_mappings(SMAPS, 4242), before);
