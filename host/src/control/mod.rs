@@ -18,5 +18,4 @@ pub mod reload;
 pub mod runtime;
 pub mod serve;
 pub mod simulate;
-pub mod startup_pages;
 pub mod watch;
