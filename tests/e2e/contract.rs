@@ -264,7 +264,12 @@ fn a_reload_that_adds_a_backend_keeps_what_the_running_policy_learned() {
         proxy.log()
     );
     let again = bodies(&proxy, 30);
-    assert_eq!(again.get("stable-1"), Some(&1), "{again:?}");
+    assert_eq!(
+        again.get("stable-1"),
+        Some(&1),
+        "{again:?}\n{}",
+        proxy.log()
+    );
 }
 
 #[test]

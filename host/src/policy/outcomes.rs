@@ -2,7 +2,8 @@
 //! them: a bounded log that every instance reads from its own position, so
 //! each sees every outcome (the most recent [`KEPT`] if it was idle).
 //! Pushed on the response path (one short lock), read before an
-//! instance's next `select`.
+//! instance's next `select`: in batches, except that a failure (a 5xx or
+//! an attempt that failed) is told at once.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -21,6 +22,8 @@ pub const KEPT: usize = 256;
 pub struct OutcomeLog {
     /// Sequence number the next outcome gets (outcomes pushed so far).
     head: AtomicU64,
+    /// The position just after the newest failure (0: none yet).
+    failed_upto: AtomicU64,
     entries: Mutex<VecDeque<Observed>>,
 }
 
@@ -31,8 +34,17 @@ impl OutcomeLog {
         if entries.len() == KEPT {
             entries.pop_front();
         }
+        let failed = o.failure.is_some() || o.status.is_some_and(|s| s >= 500);
         entries.push_back(o);
-        self.head.fetch_add(1, Ordering::Release);
+        let upto = self.head.fetch_add(1, Ordering::Release) + 1;
+        if failed {
+            self.failed_upto.store(upto, Ordering::Release);
+        }
+    }
+
+    /// Whether a failure was pushed after position `seen`.
+    pub fn failed_since(&self, seen: u64) -> bool {
+        self.failed_upto.load(Ordering::Acquire) > seen
     }
 
     /// How many outcomes have been pushed: where a new reader starts.
@@ -63,7 +75,11 @@ impl OutcomeLog {
 /// Outcomes are delivered in batches: once [`BATCH`] are waiting, or
 /// [`INTERVAL_NS`] after the instance's last delivery, so that a busy
 /// instance pays for one `observe` call per batch rather than one per
-/// request (a call costs about as much as a `select`).
+/// request (a call costs about as much as a `select`). A failure does not
+/// wait for either: a policy that backs off a failing backend must know
+/// before its next choice, or a fast client sends it another request
+/// (one for every backend in the rotation, per millisecond). Failures are
+/// the rare case on a healthy group, so this costs little.
 pub const BATCH: u64 = 32;
 /// See [`BATCH`].
 pub const INTERVAL_NS: u64 = 1_000_000;
@@ -84,14 +100,30 @@ impl Reader {
     /// The outcomes to tell the instance now, if a batch is due and not
     /// empty (see [`BATCH`]).
     pub fn batch(&mut self, log: &OutcomeLog, members: &Members) -> Option<&[Outcome]> {
+        self.batch_at(log, members, monotonic_ns)
+    }
+
+    /// [`Reader::batch`] on the clock `now` (read once, and only when
+    /// something is waiting).
+    fn batch_at(
+        &mut self,
+        log: &OutcomeLog,
+        members: &Members,
+        now: impl FnOnce() -> u64,
+    ) -> Option<&[Outcome]> {
         let waiting = log.head().saturating_sub(self.seen);
+        if waiting == 0 {
+            return None;
+        }
+        let now = now();
         let due = waiting >= BATCH
-            || (waiting > 0 && monotonic_ns().saturating_sub(self.told_ns) >= INTERVAL_NS);
+            || log.failed_since(self.seen)
+            || now.saturating_sub(self.told_ns) >= INTERVAL_NS;
         if !due {
             return None;
         }
         self.seen = log.since(self.seen, members, &mut self.batch);
-        self.told_ns = monotonic_ns();
+        self.told_ns = now;
         (!self.batch.is_empty()).then_some(self.batch.as_slice())
     }
 }
@@ -136,6 +168,62 @@ mod tests {
         assert_eq!((out[0].backend, out[1].backend), (0, 1));
         assert_eq!(log.since(pos, &m, &mut out), pos);
         assert!(out.is_empty());
+    }
+
+    /// What a reader is told at `now_ms`, as statuses (0: a failure;
+    /// `None`: nothing due).
+    fn told(reader: &mut Reader, log: &OutcomeLog, m: &Members, now_ms: f64) -> Option<Vec<u16>> {
+        use crate::policy::bindings::v02::switchyard::policy::types::AttemptResult;
+        let batch = reader.batch_at(log, m, || (now_ms * 1e6) as u64)?;
+        Some(
+            batch
+                .iter()
+                .map(|o| match o.result {
+                    AttemptResult::Response(s) => s,
+                    AttemptResult::Failed(_) => 0,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn successes_wait_for_a_batch_and_a_failure_is_told_at_once() {
+        let log = OutcomeLog::default();
+        let m = members();
+        let mut reader = Reader::default();
+        assert_eq!(told(&mut reader, &log, &m, 100.0), None);
+        // A new reader is told what is there at its first call.
+        log.push(observed("a", 200));
+        assert_eq!(told(&mut reader, &log, &m, 100.0), Some(vec![200]));
+        // Within the interval (1 ms), successes wait...
+        log.push(observed("b", 200));
+        assert_eq!(told(&mut reader, &log, &m, 100.1), None);
+        // ...a 5xx does not, and brings what waited with it.
+        log.push(observed("a", 503));
+        assert_eq!(told(&mut reader, &log, &m, 100.2), Some(vec![200, 503]));
+        assert_eq!(told(&mut reader, &log, &m, 100.3), None);
+        // Nor does an attempt that failed without a response.
+        log.push(Observed {
+            status: None,
+            failure: Some(crate::policy::api::AttemptFailure::ConnectFailed),
+            ..observed("b", 0)
+        });
+        assert_eq!(told(&mut reader, &log, &m, 100.4), Some(vec![0]));
+        // Successes after it wait again, until the interval has passed.
+        log.push(observed("a", 200));
+        assert_eq!(told(&mut reader, &log, &m, 101.3), None);
+        assert_eq!(told(&mut reader, &log, &m, 101.4), Some(vec![200]));
+        // A failure another reader was told is news to this one.
+        let mut late = Reader::default();
+        assert_eq!(
+            told(&mut late, &log, &m, 101.4),
+            Some(vec![200, 200, 503, 0, 200])
+        );
+        // And BATCH successes make a batch, whatever the time.
+        for _ in 0..BATCH {
+            log.push(observed("b", 200));
+        }
+        assert_eq!(told(&mut late, &log, &m, 101.5).map(|b| b.len()), Some(32));
     }
 
     #[test]
