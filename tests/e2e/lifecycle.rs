@@ -140,3 +140,55 @@ fn the_access_log_has_a_line_per_request() {
     );
     assert_eq!(lines[1]["target"], "/two");
 }
+
+/// The "N MiB resident before" of the proxy's log line about giving back
+/// its pages after `when`, once it is there.
+fn given_back(proxy: &Proxy, when: &str) -> Option<f64> {
+    let line = format!("gave back the binary's pages after {when}: ");
+    proxy.log().lines().find_map(|l| {
+        l.split(&line)
+            .nth(1)?
+            .split(", ")
+            .nth(1)?
+            .split(" MiB")
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn code_only_starting_used_is_given_back_once_serving() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&one_upstream("round-robin", &[&a], ""));
+    assert!(
+        wait_for(Duration::from_secs(10), || given_back(&proxy, "start")
+            .is_some()),
+        "{}",
+        proxy.log()
+    );
+    let before = given_back(&proxy, "start").unwrap();
+    let agent = client();
+    for _ in 0..100 {
+        assert_eq!(get(&agent, &proxy.url("/")).body, "a");
+    }
+    // What serving faulted back in, with the shared libraries' pages, is
+    // less than the binary's pages alone held after starting.
+    let file = vm_kib(proxy.pid(), "RssFile:") as f64 / 1024.0;
+    assert!(
+        file < before,
+        "file-backed resident memory {file:.1} MiB after 100 requests, the binary's {before:.1} MiB before it gave pages back"
+    );
+    eprintln!(
+        "file-backed resident memory: binary {before:.1} MiB after start, all {file:.1} MiB serving"
+    );
+
+    // Turned off, nothing is given back.
+    let kept = Proxy::start(
+        &one_upstream("round-robin", &[&a], "")
+            .replace("[server]\n", "[server]\nrelease-startup-pages = false\n"),
+    );
+    assert_eq!(get(&agent, &kept.url("/")).body, "a");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(given_back(&kept, "start").is_none(), "{}", kept.log());
+}

@@ -33,6 +33,7 @@ pub(super) struct FileServer {
     pub trusted_proxies: Vec<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub watch: Option<bool>,
+    pub release_startup_pages: Option<bool>,
     pub max_header_size: Option<Spanned<String>>,
     pub max_headers: Option<Spanned<usize>>,
     pub max_connections: Option<Spanned<usize>>,

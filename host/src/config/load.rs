@@ -35,6 +35,9 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Reload when the config file or a policy file changes.
     pub watch: bool,
+    /// Give back the binary's pages start-up used once serving (see
+    /// `control::startup_pages`).
+    pub release_startup_pages: bool,
     /// The proxy's zone, for zone-aware policies.
     pub zone: Option<String>,
     /// The DNS server `dns` and `srv` backends are looked up with (UDP,
@@ -139,6 +142,7 @@ fn build(c: &mut Checker<'_>, raw: file::FileConfig) -> Config {
         trusted_proxies: server.trusted_proxies,
         shutdown_grace: server.shutdown_grace,
         watch: server.watch,
+        release_startup_pages: server.release_startup_pages,
         zone: server.zone.clone(),
         resolver: server.resolver,
         admin,

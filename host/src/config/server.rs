@@ -111,6 +111,7 @@ pub(super) struct Server {
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
     pub watch: bool,
+    pub release_startup_pages: bool,
     pub zone: Option<String>,
     pub resolver: Option<SocketAddr>,
 }
@@ -187,6 +188,7 @@ impl FileServer {
             trusted_proxies: self.trusted_proxies(c),
             shutdown_grace: c.or(shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
             watch: self.watch.unwrap_or(true),
+            release_startup_pages: self.release_startup_pages.unwrap_or(true),
             zone: match &self.zone {
                 Some(z) if z.get_ref().trim().is_empty() => {
                     c.push(c.loc().error(z, "server.zone: must not be empty"));

@@ -511,3 +511,16 @@ fn only_listed_registries_are_spoken_to_over_plain_http() {
         "{err}"
     );
 }
+
+#[test]
+fn startup_pages_are_given_back_unless_turned_off() {
+    assert!(parse(ISSUE_EXAMPLE).unwrap().release_startup_pages);
+    let off = ISSUE_EXAMPLE.replace("[server]\n", "[server]\nrelease-startup-pages = false\n");
+    assert!(!parse(&off).unwrap().release_startup_pages);
+    let wrong = ISSUE_EXAMPLE.replace("[server]\n", "[server]\nrelease-startup-pages = \"no\"\n");
+    let err = parse(&wrong).unwrap_err().to_string();
+    assert!(
+        err.starts_with("test.toml:3:") && err.contains("expected a boolean"),
+        "{err}"
+    );
+}

@@ -18,4 +18,5 @@ pub mod reload;
 pub mod runtime;
 pub mod serve;
 pub mod simulate;
+pub mod startup_pages;
 pub mod watch;

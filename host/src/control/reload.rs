@@ -25,6 +25,7 @@ use super::admin::{self, AdminContext, AdminServer, ReloadRequest};
 use super::app::App;
 use super::dns::{self, Found};
 use super::runtime::{self, Built};
+use super::startup_pages;
 use super::watch::{Changed, FileWatcher};
 use crate::config::Config;
 use crate::edge::{ListenerSpec, Listeners};
@@ -101,6 +102,11 @@ impl Reloader {
             .commit(bound, &listeners, &runtime.config.limits);
         if let Some(config) = &runtime.config.admin {
             reloader.admin = Some(admin::start(config, reloader.admin_context()).await?);
+        }
+        // Once, now: after a reload or a swap the request path would fault
+        // its pages back in while it serves, so what a compile touched stays.
+        if runtime.config.release_startup_pages {
+            tokio::task::spawn_blocking(|| startup_pages::release_and_log("start"));
         }
         Ok(reloader)
     }
