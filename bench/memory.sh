@@ -10,6 +10,8 @@
 #
 #   bench/memory.sh                  # round-robin
 #   bench/memory.sh weighted
+#   bench/memory.sh builtins         # three groups: round-robin, weighted and
+#                                    # sticky-session, the load split over them
 #
 # Needs wrk, nginx, curl, taskset, heaptrack (apt: wrk nginx-light heaptrack).
 set -euo pipefail
@@ -21,7 +23,28 @@ policy=${1:-round-robin}
 need wrk nginx curl taskset heaptrack heaptrack_print
 pin_cpus
 BACKEND_PIN="taskset -c $others" start_backends
-proxy_config "$policy"
+paths=(/)
+if [[ $policy == builtins ]]; then
+    # One group per built-in, each behind its own path prefix.
+    proxy_config round-robin
+    python3 - "$work/proxy.toml" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+group = text[text.index("[upstreams.app]"):]
+out = text.replace("[upstreams.app]", "[upstreams.rr]")
+for name, policy in (("weighted", "weighted"), ("sticky", "sticky-session")):
+    out += "\n" + group.replace("[upstreams.app]", f"[upstreams.{name}]").replace(
+        'policy = "round-robin"', f'policy = "{policy}"')
+for prefix, name in (("/w", "weighted"), ("/s", "sticky"), ("/", "rr")):
+    out += f'\n[[routes]]\npath-prefix = "{prefix}"\nupstream = "{name}"\n'
+open(path, "w").write(out)
+PY
+    "$bin" check --config "$work/proxy.toml" >/dev/null
+    paths=(/ /w /s)
+else
+    proxy_config "$policy"
+fi
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; cleanup' EXIT
 
@@ -34,13 +57,18 @@ rss() {
         END { printf "%6.1f %6.1f %6.1f", t / 1024, f / 1024, a / 1024 }'
 }
 
-# measure NAME PORT: idle, then after 8 s of load.
+# measure NAME PORT [PATH...]: idle, then after 8 s of load on / or,
+# given paths, 8 s shared out among them (3 s each for three).
 measure() {
-    local idle after
+    local idle after name=$1 port=$2 p
+    shift 2
+    (($#)) || set -- /
     idle=$(rss "$server")
-    taskset -c "$others" wrk -t1 -c64 -d8s "http://127.0.0.1:$2/" >/dev/null
+    for p in "$@"; do
+        taskset -c "$others" wrk -t1 -c64 -d$(((8 + $# - 1) / $#))s "http://127.0.0.1:$port$p" >/dev/null
+    done
     after=$(rss "$server")
-    printf "%-22s %s   %s\n" "$1" "$idle" "$after"
+    printf "%-22s %s   %s\n" "$name" "$idle" "$after"
     kill "$server" 2>/dev/null
     wait "$server" 2>/dev/null || true
     server=
@@ -51,7 +79,7 @@ printf "%-22s %6s %6s %6s   %6s %6s %6s\n" "MiB" "idle" "file" "anon" "after" "f
 taskset -c "$last" "$bin" run --config "$work/proxy.toml" --workers 1 >"$work/proxy.log" 2>&1 &
 server=$!
 wait_ready
-measure "switchyard $policy" "$port"
+measure "switchyard $policy" "$port" "${paths[@]}"
 
 nginx_port=$(free_port)
 nginx_peer_config "$nginx_port"
@@ -82,7 +110,7 @@ pkill -TERM -P "$ht" switchyard 2>/dev/null || true
 wait "$ht" || true
 heaptrack_print -f "$work"/heap.*z* --print-peaks 1 --print-allocators 0 --print-temporary 0 \
     --print-leaks 0 --peak-limit 8 2>/dev/null | python3 -c '
-import re, sys
+import sys
 lines = [l.rstrip() for l in sys.stdin]
 clean = lambda f: re.sub(r"::h[0-9a-f]{16}$", "", f.strip()).replace("$LT$", "<").replace("$GT$", ">").replace("$u7b$$u7b$closure$u7d$$u7d$", "{closure}").replace("$C$", ",")
 for i, l in enumerate(lines):
