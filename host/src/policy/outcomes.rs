@@ -77,9 +77,10 @@ impl OutcomeLog {
 /// instance pays for one `observe` call per batch rather than one per
 /// request (a call costs about as much as a `select`). A failure does not
 /// wait for either: a policy that backs off a failing backend must know
-/// before its next choice, or a fast client sends it another request
-/// (one for every backend in the rotation, per millisecond). Failures are
-/// the rare case on a healthy group, so this costs little.
+/// before its next choice, or the next requests of a fast client reach
+/// that backend again whenever the rotation comes round to it within the
+/// millisecond. Failures are rare on a healthy group, so this costs
+/// little.
 pub const BATCH: u64 = 32;
 /// See [`BATCH`].
 pub const INTERVAL_NS: u64 = 1_000_000;
