@@ -110,7 +110,7 @@ pkill -TERM -P "$ht" switchyard 2>/dev/null || true
 wait "$ht" || true
 heaptrack_print -f "$work"/heap.*z* --print-peaks 1 --print-allocators 0 --print-temporary 0 \
     --print-leaks 0 --peak-limit 8 2>/dev/null | python3 -c '
-import sys
+import re, sys
 lines = [l.rstrip() for l in sys.stdin]
 clean = lambda f: re.sub(r"::h[0-9a-f]{16}$", "", f.strip()).replace("$LT$", "<").replace("$GT$", ">").replace("$u7b$$u7b$closure$u7d$$u7d$", "{closure}").replace("$C$", ",")
 for i, l in enumerate(lines):
