@@ -51,10 +51,11 @@ proxy_config() {
 }
 
 # Writes $work/peer.conf: nginx as the peer proxy (1 worker, round-robin
-# over the backends) listening on port $1.
+# over the backends) listening on port $1, h2c on $peer_h2port.
 nginx_peer_config() {
     mkdir -p "$work/peer"
-    sed -e "s|{dir}|$work/peer|g; s/{workers}/1/; s/{lb}//; s/{port}/$1/; s/{h2port}/$(free_port)/" \
+    peer_h2port=$(free_port)
+    sed -e "s|{dir}|$work/peer|g; s/{workers}/1/; s/{lb}//; s/{port}/$1/; s/{h2port}/$peer_h2port/" \
         -e "s/{b1}/$b1/; s/{b2}/$b2/; s/{b3}/$b3/" bench/configs/nginx.conf.tmpl >"$work/peer.conf"
 }
 

@@ -7,6 +7,7 @@
 #   bench/profile.sh                  # round-robin
 #   bench/profile.sh native:round-robin
 #   bench/profile.sh nginx            # nginx's worker under the same load
+#   LOAD=h2c bench/profile.sh         # h2c (h2load -c16 -m4) instead of wrk
 #
 # Needs perf, wrk, nginx (apt: linux-perf wrk nginx-light) and permission to
 # profile (root, or kernel.perf_event_paranoid <= 1). Writes perf.data to a
@@ -20,7 +21,9 @@ seconds=${SECONDS_PROFILED:-6}
 
 [ -n "${SWITCHYARD_BIN:-}" ] || cargo build --release --quiet
 . bench/lib.sh
+load=${LOAD:-h1}
 need perf wrk nginx curl taskset
+[ "$load" = h1 ] || need h2load
 pin_cpus
 BACKEND_PIN="taskset -c $others" start_backends
 if [ "$policy" = nginx ]; then
@@ -38,12 +41,18 @@ else
     trap 'kill $proxy 2>/dev/null; cleanup' EXIT
 fi
 wait_ready
-taskset -c "$others" wrk -t1 -c64 -d$((seconds + 3))s "http://127.0.0.1:$port/" >"$work/wrk.txt" &
+if [ "$load" = h1 ]; then
+    taskset -c "$others" wrk -t1 -c64 -d$((seconds + 3))s "http://127.0.0.1:$port/" >"$work/wrk.txt" &
+else
+    # The proxy serves h2c on its one port; nginx on a port of its own.
+    h2=${peer_h2port:-$port}
+    taskset -c "$others" h2load -t1 -c16 -m4 -D $((seconds + 3)) "http://127.0.0.1:$h2/" >"$work/wrk.txt" &
+fi
 loadgen=$!
 sleep 2
 perf record -q ${PERF_CALL_GRAPH:--g} -p "$proxy" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null
 wait "$loadgen"
-grep -E 'Requests/sec|Latency ' "$work/wrk.txt"
+grep -E 'Requests/sec|Latency |finished in|^requests:' "$work/wrk.txt"
 
 echo
 echo "kernel vs user (share of the proxy's samples):"
