@@ -13,7 +13,9 @@
 # profile (root, or kernel.perf_event_paranoid <= 1). Writes perf.data to a
 # temp dir; BENCH_KEEP=1 keeps it for `perf report -i`. The default frame-
 # pointer call graphs lose the caller of leaf functions such as memcpy;
-# PERF_CALL_GRAPH="--call-graph=dwarf,16384" keeps them (a larger file).
+# PERF_CALL_GRAPH="--call-graph=dwarf,16384" keeps them (a larger file;
+# the reports pass --no-inline, without which perf resolves inlined frames
+# through addr2line and a DWARF report takes tens of minutes here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 policy=${1:-round-robin}
@@ -56,10 +58,10 @@ grep -E 'Requests/sec|Latency |finished in|^requests:' "$work/wrk.txt"
 
 echo
 echo "kernel vs user (share of the proxy's samples):"
-perf report -i "$work/perf.data" --no-children --sort sym --stdio 2>/dev/null |
+perf report -i "$work/perf.data" --no-inline --no-children --sort sym --stdio 2>/dev/null |
     awk '/^ +[0-9.]+%/ { p = $1; sub("%", "", p); if ($2 == "[k]") k += p; else u += p }
          END { printf "  kernel %.1f%%, user %.1f%%\n", k, u }'
 echo
 echo "hottest functions (self time):"
-perf report -i "$work/perf.data" --no-children --sort sym --stdio 2>/dev/null |
+perf report -i "$work/perf.data" --no-inline --no-children --sort sym --stdio 2>/dev/null |
     grep -E '^ +[0-9.]+%' | head -30 | cut -c1-150 || true
